@@ -1,0 +1,430 @@
+"""Model tests: numerics against an independent NumPy forward, hand-computed values,
+every option against the plain model, and the parameter-count table."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import hybrid_config, perturb, rel_err, tiny_config
+from reference_numpy import vit_forward
+
+from vit_jax import checkpoint, models, models_vit
+from vit_jax.configs.models import MODEL_CONFIGS, SHORT_NAMES, get_config
+
+# Parameter counts of the original release at 224 px with 1000 classes.
+MODEL_SIZES = {
+    "R+ViT-Ti_16": 6_337_704,
+    "R26+ViT-B_32": 101_383_976,
+    "R26+ViT-S_32": 36_431_912,
+    "R50+ViT-B_16": 98_659_112,
+    "R50+ViT-L_32": 328_994_856,
+    "ViT-B_8": 86_576_872,
+    "ViT-B_16": 86_567_656,
+    "ViT-B_16-gap-norep": 86_566_120,
+    "ViT-B_32": 88_224_232,
+    "ViT-B_32-gap-norep": 88_222_696,
+    "ViT-H_14": 632_045_800,
+    "ViT-L_16": 304_326_632,
+    "ViT-L_32": 306_535_400,
+    "ViT-S_16": 22_050_664,
+    "ViT-S_16-gap-norep": 22_049_896,
+    "ViT-S_32": 22_878_952,
+    "ViT-S_32-gap-norep": 22_878_184,
+    "ViT-Ti_16": 5_717_416,
+    "testing": 21_390,
+}
+
+
+def init(model, x, seed=0):
+    return model.init(jax.random.PRNGKey(seed), x, train=False)["params"]
+
+
+def count_params(model, shape=(2, 224, 224, 3)):
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), train=False))
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract))
+
+
+def test_every_registered_model_is_in_the_table():
+    originals = {n for n in MODEL_CONFIGS if n not in SHORT_NAMES}
+    assert originals == set(MODEL_SIZES)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SIZES))
+def test_parameter_count(name):
+    model = models.VisionTransformer(num_classes=1000, **MODEL_CONFIGS[name])
+    assert count_params(model) == MODEL_SIZES[name]
+
+
+def test_short_names_resolve():
+    for short, name in SHORT_NAMES.items():
+        assert MODEL_CONFIGS[short] is MODEL_CONFIGS[name]
+    assert {"Ti/16", "S/16", "B/16", "L/16", "H/14", "B/8", "S/32", "B/32", "L/32", "R50+B/16"} <= set(SHORT_NAMES)
+    assert get_config("B/16").model_name == "ViT-B_16"
+    assert get_config("R50+B/16").model_name == "R50+ViT-B_16"
+    assert models.get_model("S/32", num_classes=3).hidden_size == 384
+    with pytest.raises(KeyError, match="Unknown model 'ViT-Q_16'"):
+        get_config("ViT-Q_16")
+
+
+def test_parameter_tree_has_the_original_names():
+    model = models.VisionTransformer(num_classes=5, **MODEL_CONFIGS["testing"])
+    p = init(model, np.zeros((1, 32, 32, 3), np.float32))
+    flat = checkpoint.flatten(p)
+    block = "Transformer/encoderblock_0/"
+    expected = {
+        "cls": (1, 1, 10),
+        "embedding/kernel": (16, 16, 3, 10),
+        "embedding/bias": (10,),
+        "Transformer/posembed_input/pos_embedding": (1, 5, 10),
+        block + "LayerNorm_0/scale": (10,),
+        block + "MultiHeadDotProductAttention_0/query/kernel": (10, 2, 5),
+        block + "MultiHeadDotProductAttention_0/query/bias": (2, 5),
+        block + "MultiHeadDotProductAttention_0/out/kernel": (2, 5, 10),
+        block + "MultiHeadDotProductAttention_0/out/bias": (10,),
+        block + "LayerNorm_1/bias": (10,),
+        block + "MlpBlock_0/Dense_0/kernel": (10, 10),
+        block + "MlpBlock_0/Dense_1/bias": (10,),
+        "Transformer/encoder_norm/scale": (10,),
+        "head/kernel": (10, 5),
+    }
+    for k, shape in expected.items():
+        assert flat[k].shape == shape, k
+    # The original's initializers: cls and head kernel zero, head bias = head_bias_init.
+    assert not flat["cls"].any() and not flat["head/kernel"].any() and not flat["head/bias"].any()
+    biased = models.VisionTransformer(num_classes=5, head_bias_init=-3.0, **MODEL_CONFIGS["testing"])
+    assert np.all(init(biased, np.zeros((1, 32, 32, 3)))["head"]["bias"] == -3.0)
+
+
+def test_initializer_scales():
+    """posemb ~ N(0, 0.02), MLP biases ~ N(0, 1e-6), xavier-uniform kernels."""
+    cfg = tiny_config(hidden_size=64, transformer=dict(mlp_dim=256, num_heads=4, num_layers=1))
+    p = init(models.VisionTransformer(num_classes=2, **cfg), np.zeros((1, 64, 64, 3)))
+    assert np.std(p["Transformer"]["posembed_input"]["pos_embedding"]) == pytest.approx(0.02, rel=0.1)
+    blk = p["Transformer"]["encoderblock_0"]
+    assert np.std(blk["MlpBlock_0"]["Dense_0"]["bias"]) == pytest.approx(1e-6, rel=0.3)
+    # xavier_uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)); the q kernel is (64, 4, 16) -> 64x64.
+    q = np.asarray(blk["MultiHeadDotProductAttention_0"]["query"]["kernel"])
+    bound = np.sqrt(6 / (64 + 64))
+    assert np.abs(q).max() <= bound and np.abs(q).max() > 0.9 * bound
+    d0 = np.asarray(blk["MlpBlock_0"]["Dense_0"]["kernel"])
+    assert np.abs(d0).max() <= np.sqrt(6 / (64 + 256))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        tiny_config(),
+        tiny_config(classifier="gap", representation_size=8),
+        hybrid_config(),
+        hybrid_config(classifier="gap"),
+    ],
+    ids=["token", "gap-rep", "hybrid-token", "hybrid-gap"],
+)
+def test_matches_independent_numpy_forward(config):
+    """Float32 Flax vs float64 NumPy written from the definitions: rel. error < 1e-5."""
+    model = models.VisionTransformer(num_classes=7, **config)
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 32, 24, 3)).astype(np.float32)  # non-square
+    p = perturb(init(model, x))
+    ours = model.apply({"params": p}, x, train=False)
+    ref = vit_forward(jax.tree.map(lambda a: np.asarray(a, np.float64), p), x, config)
+    assert rel_err(ours, ref) < 1e-5
+
+
+def test_gap_is_the_mean_of_the_normalised_tokens(images):
+    model = models.VisionTransformer(num_classes=3, **tiny_config(classifier="gap", representation_size=None))
+    p = perturb(init(model, images))
+    logits, out = model.apply({"params": p}, images, return_intermediates=True)
+    pooled = np.asarray(out["encoded"]).mean(axis=1)
+    np.testing.assert_allclose(out["pre_logits"], pooled, rtol=1e-6)
+    np.testing.assert_allclose(logits, pooled @ p["head"]["kernel"] + p["head"]["bias"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "classifier,shape",
+    [("token", (2, 5)), ("gap", (2, 5)), ("map", (2, 5)), ("unpooled", (2, 16, 5)), ("token_unpooled", (2, 17, 5))],
+)
+def test_classifier_output_shapes(images, classifier, shape):
+    model = models.VisionTransformer(num_classes=5, **tiny_config(classifier=classifier))
+    p = init(model, images)
+    assert ("cls" in p) == (classifier in ("token", "token_unpooled"))
+    assert ("MAPHead" in p) == (classifier == "map")
+    assert model.apply({"params": perturb(p)}, images).shape == shape
+
+
+def test_map_head_attends_with_a_learned_probe(images):
+    model = models.VisionTransformer(num_classes=5, **tiny_config(classifier="map"))
+    p = init(model, images)
+    assert p["MAPHead"]["probe"].shape == (1, 1, 32)
+    # Permuting the tokens must not change an attention pool (no position inside the head).
+    p = perturb(p)
+    _, out = model.apply({"params": p}, images, return_intermediates=True)
+    enc = out["encoded"]
+    head = models_vit.MAPHead(num_heads=4, mlp_dim=48)
+    a = head.apply({"params": p["MAPHead"]}, enc)
+    b = head.apply({"params": p["MAPHead"]}, enc[:, ::-1])
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_relative_position_index_on_a_2x3_grid():
+    # Patches in row-major order: p = (row, col). Offsets (dr, dc) shifted by (1, 2) into a 3x5 table.
+    idx = models_vit.relative_position_index(2, 3)
+    assert idx.shape == (6, 6)
+    coords = [(r, c) for r in range(2) for c in range(3)]
+    for p, (r1, c1) in enumerate(coords):
+        for q, (r2, c2) in enumerate(coords):
+            assert idx[p, q] == (r1 - r2 + 1) * 5 + (c1 - c2 + 2)
+    # Worked by hand: patch (0,0) vs (1,2): offset (-1,-2) -> table (0,0) -> 0; reverse -> (2,4) -> 14.
+    assert idx[0, 5] == 0 and idx[5, 0] == 14 and idx[4, 4] == 7
+
+
+def test_relative_bias_is_added_to_the_logits():
+    """One block on a 2x3 grid: attention logits = qk/sqrt(d) + table[offset] (0 for cls)."""
+    cfg = tiny_config(posemb="relative", transformer=dict(mlp_dim=8, num_heads=2, num_layers=1))
+    model = models.VisionTransformer(num_classes=2, **cfg)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 8, 12, 3)).astype(np.float32)
+    p = perturb(init(model, x), scale=0.3)
+    assert "posembed_input" not in p["Transformer"]
+    mha = p["Transformer"]["encoderblock_0"]["MultiHeadDotProductAttention_0"]
+    table = np.asarray(mha["relative_bias"])
+    assert table.shape == (3, 5, 2)
+    _, out = model.apply({"params": p}, x, return_intermediates=True)
+    # Recompute the logits from the block input and compare log-ratios of weights.
+    tokens0 = np.asarray(model.apply({"params": p}, x, method=lambda m, x: _block_input(m, x)))
+    ln = p["Transformer"]["encoderblock_0"]["LayerNorm_0"]
+    h = tokens0 - tokens0.mean(-1, keepdims=True)
+    h = h / np.sqrt((h**2).mean(-1, keepdims=True) + 1e-6) * ln["scale"] + ln["bias"]
+    q = np.einsum("btd,dhk->bthk", h, mha["query"]["kernel"]) + mha["query"]["bias"]
+    k = np.einsum("btd,dhk->bthk", h, mha["key"]["kernel"]) + mha["key"]["bias"]
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(16)
+    coords = [(r, c) for r in range(2) for c in range(3)]
+    for qi, (r1, c1) in enumerate(coords):
+        for ki, (r2, c2) in enumerate(coords):
+            logits[:, :, qi + 1, ki + 1] += table[r1 - r2 + 1, c1 - c2 + 2]
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out["attention"][0], expected, rtol=1e-4, atol=1e-6)
+
+
+def _block_input(module, x):
+    """Tokens entering block 0 (after the embedding, cls and dropout-free posemb stage)."""
+    p = module.variables["params"]
+    emb = jax.lax.conv_general_dilated(
+        x, p["embedding"]["kernel"], (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    emb = (emb + p["embedding"]["bias"]).reshape(x.shape[0], -1, emb.shape[-1])
+    cls = jnp.broadcast_to(p["cls"], (x.shape[0], 1, emb.shape[-1]))
+    return jnp.concatenate([cls, emb], axis=1)
+
+
+def test_learn_2d_concatenates_row_and_column_embeddings():
+    cfg = tiny_config(posemb="learn_2d", transformer=dict(mlp_dim=8, num_heads=2, num_layers=1))
+    model = models.VisionTransformer(num_classes=2, **cfg)
+    x = np.zeros((1, 8, 12, 3), np.float32)
+    p = perturb(init(model, x), scale=0.5)
+    pe = p["Transformer"]["posembed_input"]
+    assert pe["row_embedding"].shape == (2, 16) and pe["col_embedding"].shape == (3, 16)
+    layer = models_vit.AddPositionEmbs2D(grid_shape=(2, 3), num_prefix_tokens=1)
+    tokens = np.zeros((1, 7, 32), np.float32)
+    added = np.asarray(layer.apply({"params": pe}, tokens))
+    assert not added[0, 0].any()  # the cls token gets no embedding
+    for r in range(2):
+        for c in range(3):
+            expected = np.concatenate([pe["row_embedding"][r], pe["col_embedding"][c]])
+            np.testing.assert_array_equal(added[0, 1 + r * 3 + c], expected)
+
+
+def test_sincos2d_embedding_values():
+    pe = models_vit.posemb_sincos_2d(2, 3, 8)
+    assert pe.shape == (6, 8)
+    # width 8 -> 2 frequencies: 1 and 1/100. Patch (row 1, col 2) is index 5.
+    x, y = 2.0, 1.0
+    expected = [
+        np.sin(x),
+        np.sin(x / 100),
+        np.cos(x),
+        np.cos(x / 100),
+        np.sin(y),
+        np.sin(y / 100),
+        np.cos(y),
+        np.cos(y / 100),
+    ]
+    np.testing.assert_allclose(pe[5], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        models_vit.posemb_sincos_2d(2, 2, 6)
+
+
+@pytest.mark.parametrize("posemb", ["none", "sincos2d", "learn_2d", "relative"])
+def test_posemb_variants_run_and_have_no_1d_table(images, posemb):
+    model = models.VisionTransformer(num_classes=3, **tiny_config(posemb=posemb))
+    p = init(model, images)
+    assert "pos_embedding" not in p["Transformer"].get("posembed_input", {})
+    assert np.isfinite(model.apply({"params": perturb(p)}, images)).all()
+
+
+def test_posemb_none_is_permutation_equivariant_over_patches():
+    """Without position information a GAP model cannot tell patch order apart."""
+    cfg = tiny_config(posemb="none", classifier="gap", patches={"size": (4, 4)})
+    model = models.VisionTransformer(num_classes=3, **cfg)
+    x = np.random.default_rng(5).uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32)
+    swapped = x.copy()
+    swapped[:, :4, :4], swapped[:, 4:, 4:] = x[:, 4:, 4:], x[:, :4, :4]
+    p = perturb(init(model, x))
+    np.testing.assert_allclose(model.apply({"params": p}, x), model.apply({"params": p}, swapped), rtol=1e-5, atol=1e-6)
+    learned = models.VisionTransformer(num_classes=3, **tiny_config(classifier="gap"))
+    q = perturb(init(learned, x))
+    assert not np.allclose(learned.apply({"params": q}, x), learned.apply({"params": q}, swapped), atol=1e-4)
+
+
+def test_non_square_grid_and_patches():
+    model = models.VisionTransformer(num_classes=3, **tiny_config(patches={"size": (4, 2)}))
+    x = np.zeros((2, 8, 12, 3), np.float32)
+    p = init(model, x)
+    assert p["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 1 + 2 * 6, 32)
+    assert models.grid_shape(tiny_config(patches={"size": (4, 2)}), (8, 12)) == (2, 6)
+
+
+def test_patch_size_must_divide_the_image():
+    model = models.VisionTransformer(num_classes=3, **tiny_config())
+    with pytest.raises(ValueError, match=r"patch size 4x4 does not divide the image size 18x16"):
+        model.init(jax.random.PRNGKey(0), np.zeros((1, 18, 16, 3)), train=False)
+
+
+def test_num_heads_must_divide_hidden_size():
+    cfg = tiny_config(transformer=dict(mlp_dim=8, num_heads=5, num_layers=1))
+    with pytest.raises(ValueError, match="num_heads=5 does not divide hidden_size=32"):
+        models.VisionTransformer(num_classes=3, **cfg).init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3)))
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("classifier", "cls", "Unknown classifier"),
+        ("posemb", "2d", "Unknown posemb"),
+        ("remat", "some", "Unknown remat"),
+    ],
+)
+def test_unknown_options_are_named(images, field, value, message):
+    model = models.VisionTransformer(num_classes=3, **tiny_config(**{field: value}))
+    with pytest.raises(ValueError, match=message):
+        model.init(jax.random.PRNGKey(0), images)
+
+
+def test_hybrid_stride():
+    """Root conv /2 and max-pool /2, then /2 per stage after the first: R50 (3 stages) -> /16."""
+    assert models.grid_shape(MODEL_CONFIGS["R50+ViT-B_16"], (224, 224)) == (14, 14)
+    assert models.grid_shape(MODEL_CONFIGS["R26+ViT-B_32"], (224, 224)) == (7, 7)
+    assert models.grid_shape(MODEL_CONFIGS["R+ViT-Ti_16"], (224, 224)) == (7, 7)
+    # Tiny hybrid: 2 stages -> stride 8 -> a 32x24 image gives a 4x3 grid.
+    model = models.VisionTransformer(num_classes=2, **hybrid_config())
+    p = init(model, np.zeros((1, 32, 24, 3), np.float32))
+    assert p["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 1 + 12, 32)
+    _, out = model.apply({"params": p}, np.zeros((1, 32, 24, 3)), return_intermediates=True)
+    assert out["attention"].shape == (2, 1, 4, 13, 13)
+    assert p["block2"]["unit1"]["gn3"]["scale"].shape == (256,) and not p["block2"]["unit1"]["gn3"]["scale"].any()
+
+
+def test_intermediates_shapes_and_free_when_not_requested(images):
+    model = models.VisionTransformer(num_classes=3, **tiny_config())
+    p = perturb(init(model, images))
+    plain = model.apply({"params": p}, images)
+    logits, out = model.apply({"params": p}, images, return_intermediates=True)
+    np.testing.assert_array_equal(plain, logits)
+    assert out["attention"].shape == (2, 2, 4, 17, 17)
+    assert out["tokens"].shape == (2, 2, 17, 32)
+    np.testing.assert_allclose(np.asarray(out["attention"]).sum(-1), 1.0, rtol=1e-5)
+    # Without the request the compiled program computes no extra outputs.
+    lowered = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(p, images)
+    assert len(jax.tree.leaves(lowered.out_info)) == 1
+
+
+def _stack_like(params):
+    return checkpoint.stack_blocks(jax.tree.map(np.asarray, params))
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+def test_scan_and_remat_match_the_plain_model(images, remat):
+    cfg = tiny_config(transformer=dict(mlp_dim=48, num_heads=4, num_layers=3, dropout_rate=0.0))
+    plain = models.VisionTransformer(num_classes=3, **cfg)
+    p = perturb(init(plain, images))
+    labels = jax.nn.one_hot(np.array([0, 2]), 3)
+
+    def loss(model, params):
+        return -jnp.mean(jnp.sum(jax.nn.log_softmax(model.apply({"params": params}, images)) * labels, -1))
+
+    ref_loss, ref_grad = jax.value_and_grad(lambda q: loss(plain, q))(p)
+    for scan in (False, True):
+        model = models.VisionTransformer(num_classes=3, remat=remat, scan=scan, **cfg)
+        q = _stack_like(p) if scan else p
+        assert jax.tree.structure(q) == jax.tree.structure(init(model, images))
+        value, grad = jax.value_and_grad(lambda q, m=model: loss(m, q))(q)
+        assert value == pytest.approx(float(ref_loss), rel=1e-6)
+        if scan:
+            grad = checkpoint.unstack_blocks(grad)
+        for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref_grad), strict=True):
+            # float32 reduction order differs between layouts: ~1e-7 absolute.
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+    _, out = models.VisionTransformer(num_classes=3, scan=True, **cfg).apply(
+        {"params": _stack_like(p)}, images, return_intermediates=True
+    )
+    _, ref_out = plain.apply({"params": p}, images, return_intermediates=True)
+    np.testing.assert_allclose(out["attention"], ref_out["attention"], rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_compute_with_float32_params(images):
+    cfg = tiny_config()
+    f32 = models.VisionTransformer(num_classes=3, **cfg)
+    bf16 = models.VisionTransformer(num_classes=3, dtype=jnp.bfloat16, **cfg)
+    p = perturb(init(f32, images))
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(init(bf16, images)))
+    logits, out = bf16.apply({"params": p}, images, return_intermediates=True)
+    assert logits.dtype == jnp.bfloat16 and out["tokens"].dtype == jnp.bfloat16
+    assert rel_err(logits, f32.apply({"params": p}, images)) < 3e-2
+    grads = jax.grad(lambda q: bf16.apply({"params": q}, images).astype(jnp.float32).sum())(p)
+    assert all(g.dtype == jnp.float32 and np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_bfloat16_hybrid_and_param_dtype():
+    x = np.zeros((1, 16, 16, 3), np.float32)
+    model = models.VisionTransformer(num_classes=2, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, **hybrid_config())
+    p = init(model, x)
+    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(p))
+    assert model.apply({"params": p}, x).dtype == jnp.bfloat16
+
+
+def test_droppath_only_in_training(images):
+    cfg = tiny_config(
+        transformer=dict(mlp_dim=48, num_heads=4, num_layers=4, dropout_rate=0.0, attention_dropout_rate=0.0)
+    )
+    plain = models.VisionTransformer(num_classes=3, **cfg)
+    sd = models.VisionTransformer(num_classes=3, droppath_rate=0.5, **cfg)
+    p = perturb(init(plain, images))
+    np.testing.assert_array_equal(sd.apply({"params": p}, images), plain.apply({"params": p}, images))
+    rngs = lambda s: {"dropout": jax.random.PRNGKey(s)}  # noqa: E731
+    a = sd.apply({"params": p}, images, train=True, rngs=rngs(0))
+    b = sd.apply({"params": p}, images, train=True, rngs=rngs(1))
+    assert not np.allclose(a, b)
+    # Dropping a whole branch for a sample: per-sample outputs either equal the
+    # deterministic branch or differ; the first block has rate 0 (linear schedule).
+    _, out = sd.apply({"params": p}, images, train=True, rngs=rngs(0), return_intermediates=True)
+    _, ref = plain.apply({"params": p}, images, return_intermediates=True)
+    np.testing.assert_allclose(out["tokens"][0], ref["tokens"][0], rtol=1e-6)
+
+
+def test_droppath_drops_whole_samples():
+    x = jnp.ones((1000, 3, 4))
+    y = models_vit.drop_path(x, 0.25, jax.random.PRNGKey(0))
+    per_sample = np.asarray(y[:, 0, 0])
+    assert set(np.unique(per_sample)).issubset({0.0, np.float32(1 / 0.75)})
+    assert np.all(np.asarray(y) == per_sample[:, None, None])
+    assert 0.2 < np.mean(per_sample == 0) < 0.3
+
+
+def test_dropout_keys_differ_per_call(images):
+    cfg = tiny_config(transformer=dict(mlp_dim=48, num_heads=4, num_layers=2, dropout_rate=0.3))
+    model = models.VisionTransformer(num_classes=3, **cfg)
+    p = perturb(init(model, images))
+    a = model.apply({"params": p}, images, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+    b = model.apply({"params": p}, images, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+    c = model.apply({"params": p}, images, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)

@@ -1,0 +1,1 @@
+"""vit_jax: Vision Transformer research code in JAX/Flax."""

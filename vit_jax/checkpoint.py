@@ -1,0 +1,402 @@
+"""Checkpoints in the original release's .npz format, and fine-tuning surgery.
+
+The published files are flat `np.savez` archives with '/'-joined keys written by
+pre-Linen Flax: inside each encoder block the modules are numbered across types
+(`LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`) and old
+hybrid files store GroupNorm scale/bias as (1, 1, 1, C). `load` maps both to the Linen
+tree; `save` writes the published layout back, so files round-trip and tools that
+read the original files read ours.
+
+A model built with `scan=True` stacks its blocks under `Transformer/encoderblock`
+with a leading layer axis; `load(..., stacked=True)`, `save` and `load_pretrained`
+convert between that and the per-block layout.
+"""
+
+import logging
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import scipy.ndimage
+
+log = logging.getLogger(__name__)
+
+POSEMB_KEY = "Transformer/posembed_input/pos_embedding"
+ROW_KEY = "Transformer/posembed_input/row_embedding"
+COL_KEY = "Transformer/posembed_input/col_embedding"
+RESIZE_METHODS = ("spline", "bilinear", "bicubic")
+PUBLISHED_URL = "https://console.cloud.google.com/storage/vit_models/"
+
+_MODULE_NUM = re.compile(r"^(.*)_(\d+)$")
+_GROUPNORM = re.compile(r"(^|/)gn(\d+|_root|_proj)/(scale|bias)$")
+_BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/(.*)$")
+# Linen name inside a block -> the name pre-Linen Flax gave it in the published files.
+_LINEN_TO_PUBLISHED = {
+    "LayerNorm_0": "LayerNorm_0",
+    "MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
+    "LayerNorm_1": "LayerNorm_2",
+    "MlpBlock_0": "MlpBlock_3",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+# ----------------------------------------------------------------------------- trees
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'a/b/c': leaf}; empty sub-dicts (parameter-less layers) vanish."""
+    flat = {}
+    for k, v in tree.items():
+        path = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            flat.update(flatten(v, path))
+        else:
+            flat[path] = v
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """{'a/b/c': leaf} -> nested dict."""
+    tree: dict = {}
+    for path, v in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+def convert_pre_linen(tree: Any) -> Any:
+    """Renumbers `Type_N` modules per type within each scope, as Linen names them.
+
+    Pre-Linen Flax numbered submodules across types (`LayerNorm_0`,
+    `MultiHeadDotProductAttention_1`, `LayerNorm_2`, ...); Linen counts per type
+    (`LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm_1`). Linen trees are
+    left unchanged.
+    """
+    if not isinstance(tree, Mapping):
+        return tree
+
+    def order(name):
+        m = _MODULE_NUM.match(name)
+        return (m.group(1), int(m.group(2))) if m else (name, -1)
+
+    out, counts = {}, {}
+    for name in sorted(tree, key=order):
+        new = name
+        m = _MODULE_NUM.match(name)
+        if m:
+            kind = m.group(1)
+            new = f"{kind}_{counts.get(kind, 0)}"
+            counts[kind] = counts.get(kind, 0) + 1
+        out[new] = convert_pre_linen(tree[name])
+    return out
+
+
+def is_stacked(params: Mapping) -> bool:
+    """True for the layout of a `scan=True` model (blocks stacked on a leading axis)."""
+    return "encoderblock" in params.get("Transformer", {})
+
+
+def stack_blocks(params: Mapping) -> dict:
+    """Per-block tree (`encoderblock_{i}`) -> stacked tree (`encoderblock`, layer axis 0)."""
+    params = dict(params)
+    transformer = dict(params.get("Transformer", {}))
+    idx = sorted(int(m.group(1)) for k in transformer if (m := re.fullmatch(r"encoderblock_(\d+)", k)))
+    if not idx:
+        return params
+    if idx != list(range(len(idx))):
+        raise CheckpointError(f"Encoder blocks are not numbered 0..{len(idx) - 1}: found {idx}.")
+    blocks = [transformer.pop(f"encoderblock_{i}") for i in idx]
+    transformer["encoderblock"] = jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *blocks)
+    params["Transformer"] = transformer
+    return params
+
+
+def unstack_blocks(params: Mapping) -> dict:
+    """Stacked tree (`encoderblock`, layer axis 0) -> per-block tree (`encoderblock_{i}`)."""
+    if not is_stacked(params):
+        return dict(params)
+    params = dict(params)
+    transformer = dict(params["Transformer"])
+    stacked = transformer.pop("encoderblock")
+    num_layers = jax.tree.leaves(stacked)[0].shape[0]
+    for i in range(num_layers):
+        transformer[f"encoderblock_{i}"] = jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked)
+    params["Transformer"] = transformer
+    return params
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _open(path: str, mode: str):
+    if "://" in path:  # gs://, s3:// ...: the filesystems TensorFlow knows.
+        from tensorflow.io import gfile
+
+        return gfile.GFile(path, mode)
+    return open(path, mode)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    path = os.fspath(path)
+    if "://" not in path and not os.path.isfile(path):
+        raise CheckpointError(
+            f"Checkpoint file not found: {path}. The original release's files are published at {PUBLISHED_URL}"
+        )
+    try:
+        with _open(path, "rb") as f:
+            with np.load(f, allow_pickle=False) as npz:
+                flat = {k: np.asarray(npz[k]) for k in npz.files}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a readable .npz checkpoint ({type(e).__name__}: {e}).") from None
+    if not flat:
+        raise CheckpointError(f"{path} holds no arrays; it is not a model checkpoint.")
+    for k, v in flat.items():
+        if v.dtype.kind not in "fiub":
+            raise CheckpointError(f"{path}: entry {k!r} has dtype {v.dtype}, not numbers.")
+    return flat
+
+
+def load(path: str, *, stacked: bool = False) -> dict:
+    """Reads an original-format .npz (or one written by `save`) as the Linen tree.
+
+    Pre-Linen block names are renumbered and (1, 1, 1, C) GroupNorm parameters
+    squeezed, so the result fits `VisionTransformer` directly. With `stacked=True`
+    the blocks are stacked for a `scan=True` model.
+    """
+    flat = _read_npz(path)
+    fixed = {}
+    for k, v in flat.items():
+        if _GROUPNORM.search(k) and v.ndim > 1:
+            v = v.reshape(-1)
+        fixed[k] = v
+    params = convert_pre_linen(unflatten(fixed))
+    return stack_blocks(params) if stacked else params
+
+
+def to_published_flat(params: Mapping) -> dict[str, np.ndarray]:
+    """The flat '/'-keyed arrays exactly as the published files lay them out."""
+    params = unstack_blocks(jax.device_get(params))
+    flat = {}
+    for k, v in flatten(params).items():
+        v = np.asarray(v)
+        if v.dtype.kind == "V" or v.dtype.name == "bfloat16":
+            v = v.astype(np.float32)
+        m = _BLOCK.match(k)
+        if m:
+            head, *rest = m.group(2).split("/")
+            k = "/".join([f"Transformer/encoderblock_{m.group(1)}", _LINEN_TO_PUBLISHED.get(head, head), *rest])
+        if _GROUPNORM.search(k) and v.ndim == 1:
+            v = v.reshape(1, 1, 1, -1)
+        flat[k] = v
+    return flat
+
+
+def save(params: Mapping, path: str) -> None:
+    """Writes params in the published .npz layout; atomic for local paths."""
+    flat = to_published_flat(params)
+    path = os.fspath(path)
+    if "://" in path:
+        with _open(path, "wb") as f:
+            np.savez(f, **flat)
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **flat)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- resizing
+
+
+def _square_grid(n: int, what: str) -> tuple[int, int]:
+    g = int(round(np.sqrt(n)))
+    if g * g != n:
+        raise CheckpointError(
+            f"The {what} grid has {n} tokens, which is not square; pass {what}_grid_shape=(rows, cols)."
+        )
+    return g, g
+
+
+def resize_grid(grid: np.ndarray, new_shape: tuple[int, int], method: str = "spline") -> np.ndarray:
+    """Resizes (rows, cols, D) embeddings to (new_rows, new_cols, D).
+
+    `spline` is the original's resize: an order-1 spline with corner-aligned samples
+    (scipy.ndimage.zoom, order=1). `bilinear` and `bicubic` sample at half-pixel
+    centres (jax.image.resize, no antialiasing).
+    """
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"Unknown resize method {method!r}; choose one of {', '.join(RESIZE_METHODS)}.")
+    grid = np.asarray(grid)
+    (gh, gw), (nh, nw) = grid.shape[:2], tuple(new_shape)
+    if (gh, gw) == (nh, nw):
+        return grid
+    if method == "spline":
+        out = scipy.ndimage.zoom(grid, (nh / gh, nw / gw, 1), order=1)
+    else:
+        out = np.asarray(jax.image.resize(grid, (nh, nw, grid.shape[2]), method=method, antialias=False))
+    assert out.shape[:2] == (nh, nw), (out.shape, new_shape)
+    return out.astype(grid.dtype)
+
+
+def interpolate_posembed(
+    posemb,
+    num_tokens: int,
+    has_class_token: bool,
+    *,
+    method: str = "spline",
+    old_grid_shape: tuple[int, int] | None = None,
+    new_grid_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Resizes a (1, N, D) 1-D position embedding to (1, num_tokens, D).
+
+    The grid part is resized as an image (see `resize_grid`); the cls row, if any,
+    is kept apart and unchanged. Non-square grids need their shapes passed.
+    """
+    posemb = np.asarray(posemb)
+    p = int(has_class_token)
+    tok, grid = posemb[:, :p], posemb[0, p:]
+    old = tuple(old_grid_shape) if old_grid_shape else _square_grid(len(grid), "old")
+    new = tuple(new_grid_shape) if new_grid_shape else _square_grid(num_tokens - p, "new")
+    if old[0] * old[1] != len(grid):
+        raise CheckpointError(f"old_grid_shape={old} does not match the {len(grid)} grid tokens of the embedding.")
+    if new[0] * new[1] != num_tokens - p:
+        raise CheckpointError(f"new_grid_shape={new} does not match {num_tokens - p} grid tokens.")
+    log.info("Resizing position embedding grid %s -> %s (%s)", old, new, method)
+    grid = resize_grid(grid.reshape(*old, -1), new, method).reshape(1, new[0] * new[1], -1)
+    return np.concatenate([tok, grid], axis=1)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def _field(config, name, default=None):
+    getter = getattr(config, "get", None)
+    return getter(name, default) if getter else getattr(config, name, default)
+
+
+def load_pretrained(
+    *,
+    pretrained_path: str,
+    init_params: Mapping,
+    model_config: Any,
+    allow_missing: bool = False,
+    allow_extra: bool = False,
+    resize: str = "spline",
+    old_grid_shape: tuple[int, int] | None = None,
+    new_grid_shape: tuple[int, int] | None = None,
+) -> dict:
+    """Adapts a pretrained checkpoint to the model that produced `init_params`.
+
+    - the head always comes from `init_params` (a fresh classifier);
+    - `pre_logits` is dropped when `model_config.representation_size` is None;
+    - token <-> GAP: the `cls` parameter and the cls row of the position embedding
+      are dropped, or taken fresh from `init_params`;
+    - position embeddings (1-D, 2-D row/col tables, relative bias tables) are resized
+      to the new grid with `resize` (default: the original's spline);
+    - stacked (`scan`) and per-block layouts are converted to match `init_params`.
+    A parameter missing from the checkpoint or left over is an error listing the keys,
+    unless `allow_missing` (take it from `init_params`) or `allow_extra` (drop it).
+    A shape that does not fit is always an error naming every mismatch.
+    """
+    restored = flatten(load(pretrained_path))
+    init_is_stacked = is_stacked(init_params)
+    init = flatten(unstack_blocks(jax.device_get(init_params)))
+
+    for k in [k for k in restored if k.startswith("head/")]:
+        del restored[k]
+    restored.update({k: v for k, v in init.items() if k.startswith("head/")})
+
+    representation = _field(model_config, "representation_size")
+    has_pre_logits = any(k.startswith("pre_logits/") for k in restored)
+    if representation is None and has_pre_logits:
+        log.info("load_pretrained: dropping the checkpoint's pre_logits (representation_size is None).")
+        restored = {k: v for k, v in restored.items() if not k.startswith("pre_logits/")}
+    elif representation is not None and not has_pre_logits:
+        log.info("load_pretrained: fresh pre_logits layer (the checkpoint has none).")
+        restored.update({k: v for k, v in init.items() if k.startswith("pre_logits/")})
+
+    old_cls, new_cls = "cls" in restored, "cls" in init
+    if old_cls and not new_cls:
+        del restored["cls"]
+    elif new_cls and not old_cls:
+        restored["cls"] = init["cls"]
+
+    if POSEMB_KEY in restored and POSEMB_KEY in init:
+        posemb, posemb_new = restored[POSEMB_KEY], init[POSEMB_KEY]
+        grid = posemb[:, 1:] if old_cls else posemb
+        n_new = posemb_new.shape[1] - int(new_cls)
+        if grid.shape[1] != n_new:
+            grid = interpolate_posembed(
+                grid,
+                n_new,
+                False,
+                method=resize,
+                old_grid_shape=old_grid_shape,
+                new_grid_shape=new_grid_shape,
+            )
+        if new_cls:
+            cls_row = posemb[:, :1] if old_cls else posemb_new[:, :1]
+            grid = np.concatenate([cls_row, grid], axis=1)
+        restored[POSEMB_KEY] = grid
+
+    for key in (ROW_KEY, COL_KEY):
+        if key in restored and key in init and restored[key].shape != init[key].shape:
+            n = init[key].shape[0]
+            restored[key] = resize_grid(restored[key][:, None], (n, 1), resize)[:, 0]
+
+    for key, new in init.items():
+        if key.endswith("/relative_bias") and key in restored and restored[key].shape != new.shape:
+            restored[key] = resize_grid(restored[key], new.shape[:2], resize)
+
+    missing = sorted(init.keys() - restored.keys())
+    extra = sorted(restored.keys() - init.keys())
+    if missing and not allow_missing:
+        raise CheckpointError(
+            f"{pretrained_path} lacks {len(missing)} parameter(s) the model has: {', '.join(missing)}. "
+            "Is it a checkpoint for another architecture? Pass allow_missing=True to take them from init_params."
+        )
+    if extra and not allow_extra:
+        raise CheckpointError(
+            f"{pretrained_path} has {len(extra)} parameter(s) the model lacks: {', '.join(extra)}. "
+            "Is it a checkpoint for another architecture? Pass allow_extra=True to drop them."
+        )
+    for k in missing:
+        log.warning("load_pretrained: %s not in checkpoint, keeping its initial value.", k)
+        restored[k] = init[k]
+    for k in extra:
+        log.warning("load_pretrained: dropping %s from the checkpoint.", k)
+        del restored[k]
+
+    mismatched = [
+        f"{k}: checkpoint {tuple(restored[k].shape)} vs model {tuple(init[k].shape)}"
+        for k in sorted(init)
+        if tuple(restored[k].shape) != tuple(init[k].shape)
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"{pretrained_path} does not fit the model (a checkpoint for another architecture?): "
+            + "; ".join(mismatched)
+        )
+
+    out = unflatten({k: np.asarray(restored[k], dtype=np.asarray(init[k]).dtype) for k in init})
+    return stack_blocks(out) if init_is_stacked else out

@@ -1,0 +1,1 @@
+"""Model configurations (the registry of named models)."""

@@ -1,0 +1,131 @@
+"""Hybrid stem: a ResNet (v1.5 bottlenecks) whose feature map feeds the ViT.
+
+Numerics follow the original release: weight-standardized convolutions
+(standardisation divides by std + 1e-5), GroupNorm with 32 groups, post-activation
+bottleneck units and a zero-initialised last GroupNorm scale in every unit, so each
+unit starts as the identity on its residual path.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def weight_standardize(w, axis, eps: float):
+    """Subtracts the mean and divides by (std + eps) over `axis`."""
+    w = w - jnp.mean(w, axis=axis)
+    return w / (jnp.std(w, axis=axis) + eps)
+
+
+class StdConv(nn.Conv):
+    """Convolution with weight standardization.
+
+    The kernel is standardised where the conv fetches it, so the layer keeps the
+    plain `kernel` parameter of `nn.Conv` (no extra state) and checkpoints store the
+    raw weights, as in the original.
+    """
+
+    def param(self, name: str, init_fn, *init_args, **init_kwargs):
+        param = super().param(name, init_fn, *init_args, **init_kwargs)
+        if name == "kernel":
+            param = weight_standardize(param, axis=[0, 1, 2], eps=1e-5)
+        return param
+
+
+class ResidualUnit(nn.Module):
+    """Bottleneck unit: 1x1 -> 3x3 (strided) -> 1x1, each followed by GroupNorm."""
+
+    features: int
+    strides: Sequence[int] = (1, 1)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        conv = lambda f, k, s, name: StdConv(  # noqa: E731
+            features=f,
+            kernel_size=k,
+            strides=s,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+        norm = lambda name, **kw: nn.GroupNorm(  # noqa: E731
+            dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw
+        )
+        strides = tuple(self.strides)
+        needs_projection = x.shape[-1] != self.features * 4 or strides != (1, 1)
+
+        residual = x
+        if needs_projection:
+            residual = conv(self.features * 4, (1, 1), strides, "conv_proj")(residual)
+            residual = norm("gn_proj")(residual)
+
+        y = conv(self.features, (1, 1), (1, 1), "conv1")(x)
+        y = nn.relu(norm("gn1")(y))
+        y = conv(self.features, (3, 3), strides, "conv2")(y)
+        y = nn.relu(norm("gn2")(y))
+        y = conv(self.features * 4, (1, 1), (1, 1), "conv3")(y)
+        y = norm("gn3", scale_init=nn.initializers.zeros)(y)
+        return nn.relu(residual + y)
+
+
+class ResNetStage(nn.Module):
+    """A stage of `block_size` units; the first one may downsample."""
+
+    block_size: int
+    nout: int
+    first_stride: Sequence[int]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = ResidualUnit(self.nout, strides=self.first_stride, name="unit1", **kw)(x)
+        for i in range(1, self.block_size):
+            x = ResidualUnit(self.nout, strides=(1, 1), name=f"unit{i + 1}", **kw)(x)
+        return x
+
+
+def num_downsamplings(num_layers: Sequence[int]) -> int:
+    """Stride-2 layers in the stem: root conv and pool, then every stage after the first."""
+    return 2 + max(len(tuple(num_layers)) - 1, 0)
+
+
+def apply_stem(x, num_layers: Sequence[int], width_factor: float, dtype, param_dtype):
+    """Runs the hybrid stem in the calling module's scope.
+
+    Called from inside VisionTransformer's compact `__call__`, so the layers land at
+    the top of the tree under the original names `conv_root`, `gn_root`,
+    `block{k}/unit{j}/...`.
+    """
+    width = int(64 * width_factor)
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    x = StdConv(
+        features=width,
+        kernel_size=(7, 7),
+        strides=(2, 2),
+        use_bias=False,
+        name="conv_root",
+        **kw,
+    )(x)
+    x = nn.GroupNorm(name="gn_root", **kw)(x)
+    x = nn.relu(x)
+    x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME")
+    if num_layers:
+        x = ResNetStage(block_size=num_layers[0], nout=width, first_stride=(1, 1), name="block1", **kw)(x)
+        for i, block_size in enumerate(num_layers[1:], 1):
+            x = ResNetStage(
+                block_size=block_size,
+                nout=width * 2**i,
+                first_stride=(2, 2),
+                name=f"block{i + 1}",
+                **kw,
+            )(x)
+    return x

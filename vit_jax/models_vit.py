@@ -1,0 +1,553 @@
+"""Vision Transformer: patch embedding, position embeddings, encoder and heads.
+
+With the original fields alone this computes what the original release computes,
+with its parameter tree (`embedding`, `cls`, `Transformer/posembed_input`,
+`Transformer/encoderblock_{i}/...`, `Transformer/encoder_norm`, `pre_logits`, `head`)
+and its initializers. Everything added here (position-embedding variants, heads,
+dtypes, stochastic depth, remat, scan, intermediates) defaults to that behaviour.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import models_resnet
+
+Array = Any
+Dtype = Any
+
+CLASSIFIERS = ("token", "gap", "map", "unpooled", "token_unpooled")
+POSEMBS = ("learn", "none", "learn_2d", "sincos2d", "relative")
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def to_pair(v) -> tuple[int, int]:
+    """(h, w) from an int or a pair."""
+    if isinstance(v, int | np.integer):
+        return int(v), int(v)
+    h, w = v
+    return int(h), int(w)
+
+
+def posemb_sincos_2d(gh: int, gw: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed 2-D sine-cosine position embedding, shape (gh * gw, width).
+
+    The first half of the channels encodes the column (x), the second half the row
+    (y); each half is [sin, cos] over width/4 frequencies spaced geometrically from
+    1 to 1/temperature.
+    """
+    if width % 4:
+        raise ValueError(f"posemb='sincos2d' needs hidden_size divisible by 4, got {width}.")
+    y, x = np.mgrid[:gh, :gw]
+    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4))
+    ang_y = y.reshape(-1, 1) * omega[None]
+    ang_x = x.reshape(-1, 1) * omega[None]
+    pe = np.concatenate([np.sin(ang_x), np.cos(ang_x), np.sin(ang_y), np.cos(ang_y)], axis=1)
+    return pe.astype(np.float32)
+
+
+def relative_position_index(gh: int, gw: int) -> np.ndarray:
+    """(N, N) index into a flattened (2gh-1, 2gw-1) table of 2-D offsets.
+
+    Entry [p, q] is the flat index of the offset (row_p - row_q, col_p - col_q),
+    shifted to be non-negative; N = gh * gw, patches in row-major order.
+    """
+    rows, cols = np.divmod(np.arange(gh * gw), gw)
+    dr = rows[:, None] - rows[None, :] + gh - 1
+    dc = cols[:, None] - cols[None, :] + gw - 1
+    return dr * (2 * gw - 1) + dc
+
+
+def _flat_xavier(in_axes: int):
+    """xavier_uniform computed on the kernel flattened to 2-D, as DenseGeneral does."""
+
+    def init(key, shape, dtype=jnp.float32):
+        flat = (int(np.prod(shape[:in_axes])), int(np.prod(shape[in_axes:])))
+        return nn.initializers.xavier_uniform()(key, flat, dtype).reshape(shape)
+
+    return init
+
+
+class IdentityLayer(nn.Module):
+    """Identity with a name: keeps `pre_logits` in the tree without parameters."""
+
+    @nn.compact
+    def __call__(self, x):
+        return x
+
+
+class AddPositionEmbs(nn.Module):
+    """Learned 1-D position embedding over every token (the original)."""
+
+    posemb_init: Any = nn.initializers.normal(stddev=0.02)
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs):
+        shape = (1, inputs.shape[1], inputs.shape[2])
+        pe = self.param("pos_embedding", self.posemb_init, shape, self.param_dtype)
+        return inputs + pe.astype(inputs.dtype)
+
+
+class AddPositionEmbs2D(nn.Module):
+    """The paper's 2-D learned embedding: row and column tables of D/2 each.
+
+    The patch at (i, j) gets concat(row_embedding[i], col_embedding[j]); prefix
+    tokens (cls) get none.
+    """
+
+    grid_shape: tuple[int, int]
+    num_prefix_tokens: int = 0
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs):
+        d = inputs.shape[-1]
+        if d % 2:
+            raise ValueError(f"posemb='learn_2d' needs an even hidden_size, got {d}.")
+        gh, gw = self.grid_shape
+        init = nn.initializers.normal(stddev=0.02)
+        row = self.param("row_embedding", init, (gh, d // 2), self.param_dtype)
+        col = self.param("col_embedding", init, (gw, d // 2), self.param_dtype)
+        pe = jnp.concatenate(
+            [jnp.broadcast_to(row[:, None], (gh, gw, d // 2)), jnp.broadcast_to(col[None], (gh, gw, d // 2))],
+            axis=-1,
+        ).reshape(1, gh * gw, d)
+        return _add_to_patches(inputs, pe.astype(inputs.dtype), self.num_prefix_tokens)
+
+
+def _add_to_patches(x, pe, num_prefix_tokens: int):
+    """Adds `pe` (1, N, D) to the last N tokens of x, leaving prefix tokens alone."""
+    if num_prefix_tokens == 0:
+        return x + pe
+    return jnp.concatenate([x[:, :num_prefix_tokens], x[:, num_prefix_tokens:] + pe], axis=1)
+
+
+class ProjectionParams(nn.Module):
+    """Holds one attention projection's kernel and bias (shapes of DenseGeneral).
+
+    The attention module reads the raw arrays so it can fuse the query, key and
+    value projections into one matmul while the tree keeps the original names
+    `query`, `key`, `value`, `out`.
+    """
+
+    kernel_shape: tuple[int, ...]
+    bias_shape: tuple[int, ...]
+    in_axes: int
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self):
+        kernel = self.param("kernel", _flat_xavier(self.in_axes), self.kernel_shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, self.bias_shape, self.param_dtype)
+        return kernel, bias
+
+
+class MultiHeadDotProductAttention(nn.Module):
+    """Multi-head attention with the parameter layout of Flax's module of that name.
+
+    Optional `relative_bias`: a learned (2gh-1, 2gw-1, heads) table of logit biases
+    indexed by the 2-D offset between query and key patches (prefix tokens get 0).
+    """
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+    deterministic: bool = True
+    relative_grid: tuple[int, int] | None = None
+    num_prefix_tokens: int = 0
+
+    @nn.compact
+    def __call__(self, inputs_q, inputs_kv=None, *, return_weights: bool = False):
+        d = inputs_q.shape[-1]
+        h = self.num_heads
+        if d % h:
+            raise ValueError(f"num_heads={h} does not divide hidden_size={d}.")
+        dh = d // h
+        pkw = dict(param_dtype=self.param_dtype)
+        in_proj = [ProjectionParams((d, h, dh), (h, dh), 1, name=n, **pkw)() for n in ("query", "key", "value")]
+        out_k, out_b = ProjectionParams((h, dh, d), (d,), 2, name="out", **pkw)()
+        cast = lambda a: jnp.asarray(a, self.dtype)  # noqa: E731
+        # Fused projections and a (batch, heads, tokens, head_dim) layout with plain
+        # batched matmuls: measured fastest on CPU (README, "Speed").
+        xq = cast(inputs_q)
+        if inputs_kv is None:
+            w = jnp.concatenate([cast(k).reshape(d, d) for k, _ in in_proj], axis=1)
+            b = jnp.concatenate([cast(b).reshape(d) for _, b in in_proj])
+            qkv = (xq @ w + b).reshape(*xq.shape[:-1], 3, h, dh)
+            q, k, v = (jnp.transpose(qkv[..., i, :, :], (0, 2, 1, 3)) for i in range(3))
+        else:
+            xkv = cast(inputs_kv)
+            (qk, qb), (kk, kb), (vk, vb) = in_proj
+            q = jnp.transpose(
+                (xq @ cast(qk).reshape(d, d) + cast(qb).reshape(d)).reshape(*xq.shape[:-1], h, dh), (0, 2, 1, 3)
+            )
+            w = jnp.concatenate([cast(kk).reshape(d, d), cast(vk).reshape(d, d)], axis=1)
+            b = jnp.concatenate([cast(kb).reshape(d), cast(vb).reshape(d)])
+            kv = (xkv @ w + b).reshape(*xkv.shape[:-1], 2, h, dh)
+            k, v = (jnp.transpose(kv[..., i, :, :], (0, 2, 1, 3)) for i in range(2))
+
+        q = q / jnp.sqrt(dh).astype(self.dtype)
+        logits = q @ jnp.swapaxes(k, -1, -2)  # (B, H, Tq, Tk)
+        if self.relative_grid is not None:
+            logits = logits + self._relative_bias(logits.shape[-1]).astype(logits.dtype)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        if not self.deterministic and self.dropout_rate > 0:
+            keep = 1.0 - self.dropout_rate
+            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, weights.shape)
+            weights_used = weights * (mask / keep).astype(self.dtype)
+        else:
+            weights_used = weights
+        out = jnp.transpose(weights_used @ v, (0, 2, 1, 3)).reshape(*xq.shape[:-1], d)
+        out = out @ cast(out_k).reshape(d, d) + cast(out_b)
+        return out, (weights if return_weights else None)
+
+    def _relative_bias(self, num_tokens: int):
+        gh, gw = self.relative_grid
+        table = self.param(
+            "relative_bias",
+            nn.initializers.normal(stddev=0.02),
+            (2 * gh - 1, 2 * gw - 1, self.num_heads),
+            self.param_dtype,
+        )
+        idx = relative_position_index(gh, gw)
+        bias = table.reshape(-1, self.num_heads)[idx]  # (N, N, H)
+        bias = jnp.transpose(bias, (2, 0, 1))
+        p = self.num_prefix_tokens
+        if p:
+            bias = jnp.pad(bias, ((0, 0), (p, 0), (p, 0)))
+        assert bias.shape[-1] == num_tokens, (bias.shape, num_tokens)
+        return bias[None]
+
+
+class MlpBlock(nn.Module):
+    """Dense -> GELU (tanh) -> dropout -> Dense -> dropout."""
+
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    out_dim: int | None = None
+    dropout_rate: float = 0.1
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, inputs):
+        out_dim = inputs.shape[-1] if self.out_dim is None else self.out_dim
+        dense = lambda f: nn.Dense(  # noqa: E731
+            f,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(stddev=1e-6),
+        )
+        x = nn.gelu(dense(self.mlp_dim)(inputs))
+        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
+        x = dense(out_dim)(x)
+        return nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
+
+
+def drop_path(x, rate, rng):
+    """Stochastic depth: zeroes a sample's whole branch with probability `rate`."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return x * (mask / keep).astype(x.dtype)
+
+
+class Encoder1DBlock(nn.Module):
+    """Pre-LayerNorm Transformer block.
+
+    `__call__(x, droppath_rate)` returns (x, aux): aux is (attention weights, block
+    output) when `return_intermediates`, else None, so nothing extra is computed or
+    kept unless asked. The signature suits `nn.scan` (carry, per-layer input).
+    """
+
+    mlp_dim: int
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    use_droppath: bool = False
+    deterministic: bool = True
+    relative_grid: tuple[int, int] | None = None
+    num_prefix_tokens: int = 0
+    return_intermediates: bool = False
+
+    @nn.compact
+    def __call__(self, inputs, droppath_rate=0.0):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def branch(y):
+            if self.use_droppath and not self.deterministic:
+                return drop_path(y, droppath_rate, self.make_rng("dropout"))
+            return y
+
+        x = nn.LayerNorm(name="LayerNorm_0", **kw)(inputs)
+        x, weights = MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            dropout_rate=self.attention_dropout_rate,
+            deterministic=self.deterministic,
+            relative_grid=self.relative_grid,
+            num_prefix_tokens=self.num_prefix_tokens,
+            name="MultiHeadDotProductAttention_0",
+            **kw,
+        )(x, return_weights=self.return_intermediates)
+        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
+        x = branch(x) + inputs
+
+        y = nn.LayerNorm(name="LayerNorm_1", **kw)(x)
+        y = MlpBlock(
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            deterministic=self.deterministic,
+            name="MlpBlock_0",
+            **kw,
+        )(y)
+        out = x + branch(y)
+        return out, ((weights, out) if self.return_intermediates else None)
+
+
+class Encoder(nn.Module):
+    """Position embedding, `num_layers` blocks (unrolled or scanned), final norm."""
+
+    num_layers: int
+    mlp_dim: int
+    num_heads: int
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    posemb: str = "learn"
+    grid_shape: tuple[int, int] = (1, 1)
+    num_prefix_tokens: int = 0
+    droppath_rate: float = 0.0
+    remat: str = "none"
+    scan: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool, return_intermediates: bool = False):
+        assert x.ndim == 3, f"Expected (batch, tokens, hidden), got {x.shape}"
+        gh, gw = self.grid_shape
+        if self.posemb == "learn":
+            x = AddPositionEmbs(param_dtype=self.param_dtype, name="posembed_input")(x)
+        elif self.posemb == "learn_2d":
+            x = AddPositionEmbs2D(
+                grid_shape=(gh, gw),
+                num_prefix_tokens=self.num_prefix_tokens,
+                param_dtype=self.param_dtype,
+                name="posembed_input",
+            )(x)
+        elif self.posemb == "sincos2d":
+            pe = posemb_sincos_2d(gh, gw, x.shape[-1])[None]
+            x = _add_to_patches(x, jnp.asarray(pe, x.dtype), self.num_prefix_tokens)
+        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+
+        block_kw = dict(
+            mlp_dim=self.mlp_dim,
+            num_heads=self.num_heads,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            use_droppath=self.droppath_rate > 0,
+            deterministic=not train,
+            relative_grid=(gh, gw) if self.posemb == "relative" else None,
+            num_prefix_tokens=self.num_prefix_tokens,
+            return_intermediates=return_intermediates,
+        )
+        # Stochastic depth grows linearly with depth, from 0 to droppath_rate.
+        rates = np.linspace(0.0, self.droppath_rate, self.num_layers) if self.num_layers > 1 else np.zeros(1)
+        policy = REMAT_POLICIES[self.remat]
+        block_cls = Encoder1DBlock
+        if self.remat != "none":
+            block_cls = nn.remat(Encoder1DBlock, policy=policy, prevent_cse=not self.scan)
+        if self.scan:
+            scanned = nn.scan(
+                block_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=0,
+                length=self.num_layers,
+            )
+            x, aux = scanned(name="encoderblock", **block_kw)(x, jnp.asarray(rates, jnp.float32))
+        else:
+            auxs = []
+            for lyr in range(self.num_layers):
+                x, a = block_cls(name=f"encoderblock_{lyr}", **block_kw)(x, float(rates[lyr]))
+                auxs.append(a)
+            aux = jax.tree.map(lambda *a: jnp.stack(a), *auxs) if return_intermediates else None
+        encoded = nn.LayerNorm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        if not return_intermediates:
+            return encoded, None
+        attention, tokens = aux
+        return encoded, {"attention": attention, "tokens": tokens}
+
+
+class MAPHead(nn.Module):
+    """Multihead attention pooling: a learned probe attends over the tokens."""
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, x.shape[-1]), self.param_dtype)
+        probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+        x, _ = MultiHeadDotProductAttention(num_heads=self.num_heads, name="MultiHeadDotProductAttention_0", **kw)(
+            probe, x
+        )
+        y = nn.LayerNorm(name="LayerNorm_0", **kw)(x)
+        x = x + MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=0.0, name="MlpBlock_0", **kw)(y)
+        return x[:, 0]
+
+
+class VisionTransformer(nn.Module):
+    """ViT and hybrid ViT, with the original fields plus ablation options.
+
+    Called as `model.apply({'params': p}, images, train=False)`; images are (B, H, W, C)
+    floats. With `return_intermediates=True` it returns `(logits, out)` where `out`
+    holds `attention` (layers, B, heads, T, T), `tokens` (layers, B, T, D) (the
+    output of every block), `encoded` (after the final norm) and `pre_logits`.
+    """
+
+    num_classes: int
+    patches: Any
+    transformer: Any
+    hidden_size: int
+    resnet: Any | None = None
+    representation_size: int | None = None
+    classifier: str = "token"
+    head_bias_init: float = 0.0
+    model_name: str | None = None
+    posemb: str = "learn"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    droppath_rate: float = 0.0
+    remat: str = "none"
+    scan: bool = False
+
+    @nn.compact
+    def __call__(self, inputs, *, train: bool = False, return_intermediates: bool = False):
+        self._check_fields()
+        x = jnp.asarray(inputs, self.dtype)
+        if x.ndim != 4:
+            raise ValueError(f"Expected images of shape (batch, height, width, channels), got {x.shape}.")
+        ph, pw = to_pair(self.patches["size"])
+        img_h, img_w = x.shape[1:3]
+        if self.resnet is not None:
+            num_layers = tuple(self.resnet["num_layers"])
+            x = models_resnet.apply_stem(x, num_layers, self.resnet["width_factor"], self.dtype, self.param_dtype)
+        n, h, w, _ = x.shape
+        if h % ph or w % pw:
+            where = (
+                f"image size {img_h}x{img_w}"
+                if self.resnet is None
+                else f"hybrid feature map {h}x{w} (image {img_h}x{img_w} after the ResNet stem)"
+            )
+            raise ValueError(
+                f"The patch size {ph}x{pw} does not divide the {where}; "
+                f"use an image size that is a multiple of the patch size."
+            )
+        x = nn.Conv(
+            features=self.hidden_size,
+            kernel_size=(ph, pw),
+            strides=(ph, pw),
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="embedding",
+        )(x)
+        n, gh, gw, c = x.shape
+        x = jnp.reshape(x, [n, gh * gw, c])
+
+        num_prefix = 0
+        if self.classifier in ("token", "token_unpooled"):
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, c), self.param_dtype)
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (n, 1, c)), x], axis=1)
+            num_prefix = 1
+
+        t = self.transformer
+        x, out = Encoder(
+            num_layers=t["num_layers"],
+            mlp_dim=t["mlp_dim"],
+            num_heads=t["num_heads"],
+            dropout_rate=t.get("dropout_rate", 0.1),
+            attention_dropout_rate=t.get("attention_dropout_rate", 0.1),
+            posemb=self.posemb,
+            grid_shape=(gh, gw),
+            num_prefix_tokens=num_prefix,
+            droppath_rate=self.droppath_rate,
+            remat=self._remat_policy(),
+            scan=self.scan,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="Transformer",
+        )(x, train=train, return_intermediates=return_intermediates)
+        encoded = x
+
+        if self.classifier == "token":
+            x = x[:, 0]
+        elif self.classifier == "gap":
+            x = jnp.mean(x, axis=1)
+        elif self.classifier == "map":
+            x = MAPHead(
+                num_heads=t["num_heads"],
+                mlp_dim=t["mlp_dim"],
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="MAPHead",
+            )(x)
+
+        dense_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.representation_size is not None:
+            x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits", **dense_kw)(x))
+        else:
+            x = IdentityLayer(name="pre_logits")(x)
+        pre_logits = x
+
+        if self.num_classes:
+            x = nn.Dense(
+                features=self.num_classes,
+                kernel_init=nn.initializers.zeros,
+                bias_init=nn.initializers.constant(self.head_bias_init),
+                name="head",
+                **dense_kw,
+            )(x)
+        if not return_intermediates:
+            return x
+        out = dict(out, encoded=encoded, pre_logits=pre_logits)
+        return x, out
+
+    def _remat_policy(self) -> str:
+        if self.remat in (False, None):
+            return "none"
+        if self.remat is True:
+            return "full"
+        return self.remat
+
+    def _check_fields(self):
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"Unknown classifier={self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}.")
+        if self.posemb not in POSEMBS:
+            raise ValueError(f"Unknown posemb={self.posemb!r}; choose one of {', '.join(POSEMBS)}.")
+        if self._remat_policy() not in REMAT_POLICIES:
+            raise ValueError(f"Unknown remat={self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}.")
+        t = self.transformer
+        if self.hidden_size % t["num_heads"]:
+            raise ValueError(
+                f"transformer.num_heads={t['num_heads']} does not divide hidden_size={self.hidden_size}; "
+                "choose a head count that divides it."
+            )
+        if not 0.0 <= self.droppath_rate < 1.0:
+            raise ValueError(f"droppath_rate must be in [0, 1), got {self.droppath_rate}.")
