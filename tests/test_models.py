@@ -370,6 +370,21 @@ def test_scan_and_remat_match_the_plain_model(images, remat):
     np.testing.assert_allclose(out["attention"], ref_out["attention"], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("posemb", ["learn", "relative"])
+def test_attention_formulations_agree(images, posemb):
+    """fused (default on CPU), einsum (Flax's) and jax.nn.dot_product_attention: same function."""
+    cfg = tiny_config(posemb=posemb, classifier="map")
+    ref_model = models.VisionTransformer(num_classes=3, attention_impl="einsum", **cfg)
+    p = perturb(init(ref_model, images))
+    f = lambda m: jax.value_and_grad(lambda q: m.apply({"params": q}, images).sum())(p)  # noqa: E731
+    ref_value, ref_grad = f(ref_model)
+    for impl in ("fused", "dot_product_attention"):
+        value, grad = f(models.VisionTransformer(num_classes=3, attention_impl=impl, **cfg))
+        assert float(value) == pytest.approx(float(ref_value), rel=1e-5)
+        for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref_grad), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
 def test_bfloat16_compute_with_float32_params(images):
     cfg = tiny_config()
     f32 = models.VisionTransformer(num_classes=3, **cfg)

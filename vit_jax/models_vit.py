@@ -21,6 +21,7 @@ Dtype = Any
 
 CLASSIFIERS = ("token", "gap", "map", "unpooled", "token_unpooled")
 POSEMBS = ("learn", "none", "learn_2d", "sincos2d", "relative")
+ATTENTION_IMPLS = ("auto", "fused", "einsum", "dot_product_attention")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -63,6 +64,18 @@ def relative_position_index(gh: int, gw: int) -> np.ndarray:
     dr = rows[:, None] - rows[None, :] + gh - 1
     dc = cols[:, None] - cols[None, :] + gw - 1
     return dr * (2 * gw - 1) + dc
+
+
+def resolve_attention_impl(impl: str) -> str:
+    """The attention formulation to use on this backend.
+
+    On CPU, (batch, heads, tokens, head_dim) operands with batched matmuls measured
+    fastest (README, "Speed"); on GPU `jax.nn.dot_product_attention` lets XLA pick a
+    fused kernel (cuDNN where it applies).
+    """
+    if impl != "auto":
+        return impl
+    return "dot_product_attention" if jax.default_backend() == "gpu" else "fused"
 
 
 def _flat_xavier(in_axes: int):
@@ -164,6 +177,7 @@ class MultiHeadDotProductAttention(nn.Module):
     deterministic: bool = True
     relative_grid: tuple[int, int] | None = None
     num_prefix_tokens: int = 0
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, inputs_q, inputs_kv=None, *, return_weights: bool = False):
@@ -176,38 +190,49 @@ class MultiHeadDotProductAttention(nn.Module):
         in_proj = [ProjectionParams((d, h, dh), (h, dh), 1, name=n, **pkw)() for n in ("query", "key", "value")]
         out_k, out_b = ProjectionParams((h, dh, d), (d,), 2, name="out", **pkw)()
         cast = lambda a: jnp.asarray(a, self.dtype)  # noqa: E731
-        # Fused projections and a (batch, heads, tokens, head_dim) layout with plain
-        # batched matmuls: measured fastest on CPU (README, "Speed").
         xq = cast(inputs_q)
+        # Fused projections: one (D, 3D) matmul for self-attention, (D, 2D) for k, v.
         if inputs_kv is None:
             w = jnp.concatenate([cast(k).reshape(d, d) for k, _ in in_proj], axis=1)
             b = jnp.concatenate([cast(b).reshape(d) for _, b in in_proj])
             qkv = (xq @ w + b).reshape(*xq.shape[:-1], 3, h, dh)
-            q, k, v = (jnp.transpose(qkv[..., i, :, :], (0, 2, 1, 3)) for i in range(3))
+            q, k, v = (qkv[..., i, :, :] for i in range(3))
         else:
             xkv = cast(inputs_kv)
             (qk, qb), (kk, kb), (vk, vb) = in_proj
-            q = jnp.transpose(
-                (xq @ cast(qk).reshape(d, d) + cast(qb).reshape(d)).reshape(*xq.shape[:-1], h, dh), (0, 2, 1, 3)
-            )
+            q = (xq @ cast(qk).reshape(d, d) + cast(qb).reshape(d)).reshape(*xq.shape[:-1], h, dh)
             w = jnp.concatenate([cast(kk).reshape(d, d), cast(vk).reshape(d, d)], axis=1)
             b = jnp.concatenate([cast(kb).reshape(d), cast(vb).reshape(d)])
             kv = (xkv @ w + b).reshape(*xkv.shape[:-1], 2, h, dh)
-            k, v = (jnp.transpose(kv[..., i, :, :], (0, 2, 1, 3)) for i in range(2))
-
-        q = q / jnp.sqrt(dh).astype(self.dtype)
-        logits = q @ jnp.swapaxes(k, -1, -2)  # (B, H, Tq, Tk)
+            k, v = kv[..., 0, :, :], kv[..., 1, :, :]
+        bias = None
         if self.relative_grid is not None:
-            logits = logits + self._relative_bias(logits.shape[-1]).astype(logits.dtype)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        if not self.deterministic and self.dropout_rate > 0:
-            keep = 1.0 - self.dropout_rate
-            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, weights.shape)
-            weights_used = weights * (mask / keep).astype(self.dtype)
+            bias = self._relative_bias(k.shape[1]).astype(self.dtype)
+
+        impl = resolve_attention_impl(self.attention_impl)
+        dropout = not self.deterministic and self.dropout_rate > 0
+        if impl == "dot_product_attention" and not (return_weights or dropout):
+            out = jax.nn.dot_product_attention(q, k, v, bias=bias)
+            weights = None
         else:
-            weights_used = weights
-        out = jnp.transpose(weights_used @ v, (0, 2, 1, 3)).reshape(*xq.shape[:-1], d)
-        out = out @ cast(out_k).reshape(d, d) + cast(out_b)
+            if impl == "einsum":  # Flax's formulation, (B, T, H, dh) operands.
+                logits = jnp.einsum("bqhd,bkhd->bhqk", q / jnp.sqrt(dh).astype(self.dtype), k)
+            else:  # (B, H, T, dh) operands and plain batched matmuls.
+                q, k, v = (jnp.transpose(a, (0, 2, 1, 3)) for a in (q, k, v))
+                logits = (q / jnp.sqrt(dh).astype(self.dtype)) @ jnp.swapaxes(k, -1, -2)
+            if bias is not None:
+                logits = logits + bias
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+            used = weights
+            if dropout:
+                keep = 1.0 - self.dropout_rate
+                mask = jax.random.bernoulli(self.make_rng("dropout"), keep, weights.shape)
+                used = weights * (mask / keep).astype(self.dtype)
+            if impl == "einsum":
+                out = jnp.einsum("bhqk,bkhd->bqhd", used, v)
+            else:
+                out = jnp.transpose(used @ v, (0, 2, 1, 3))
+        out = out.reshape(*xq.shape[:-1], d) @ cast(out_k).reshape(d, d) + cast(out_b)
         return out, (weights if return_weights else None)
 
     def _relative_bias(self, num_tokens: int):
@@ -280,6 +305,7 @@ class Encoder1DBlock(nn.Module):
     relative_grid: tuple[int, int] | None = None
     num_prefix_tokens: int = 0
     return_intermediates: bool = False
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, inputs, droppath_rate=0.0):
@@ -297,6 +323,7 @@ class Encoder1DBlock(nn.Module):
             deterministic=self.deterministic,
             relative_grid=self.relative_grid,
             num_prefix_tokens=self.num_prefix_tokens,
+            attention_impl=self.attention_impl,
             name="MultiHeadDotProductAttention_0",
             **kw,
         )(x, return_weights=self.return_intermediates)
@@ -331,6 +358,7 @@ class Encoder(nn.Module):
     scan: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, *, train: bool, return_intermediates: bool = False):
@@ -362,6 +390,7 @@ class Encoder(nn.Module):
             relative_grid=(gh, gw) if self.posemb == "relative" else None,
             num_prefix_tokens=self.num_prefix_tokens,
             return_intermediates=return_intermediates,
+            attention_impl=self.attention_impl,
         )
         # Stochastic depth grows linearly with depth, from 0 to droppath_rate.
         rates = np.linspace(0.0, self.droppath_rate, self.num_layers) if self.num_layers > 1 else np.zeros(1)
@@ -436,6 +465,7 @@ class VisionTransformer(nn.Module):
     droppath_rate: float = 0.0
     remat: str = "none"
     scan: bool = False
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, inputs, *, train: bool = False, return_intermediates: bool = False):
@@ -492,6 +522,7 @@ class VisionTransformer(nn.Module):
             scan=self.scan,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            attention_impl=self.attention_impl,
             name="Transformer",
         )(x, train=train, return_intermediates=return_intermediates)
         encoded = x
@@ -541,6 +572,10 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"Unknown classifier={self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}.")
         if self.posemb not in POSEMBS:
             raise ValueError(f"Unknown posemb={self.posemb!r}; choose one of {', '.join(POSEMBS)}.")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"Unknown attention_impl={self.attention_impl!r}; choose one of {', '.join(ATTENTION_IMPLS)}."
+            )
         if self._remat_policy() not in REMAT_POLICIES:
             raise ValueError(f"Unknown remat={self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}.")
         t = self.transformer
