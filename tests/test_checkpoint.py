@@ -319,3 +319,17 @@ def test_load_pretrained_missing_file(tmp_path):
     _, init = make(cfg)
     with pytest.raises(CheckpointError, match=r"ViT-B_16\.npz.*published"):
         checkpoint.load_pretrained(pretrained_path=str(tmp_path / "ViT-B_16.npz"), init_params=init, model_config=cfg)
+
+
+@pytest.mark.parametrize("name", ["ViT-B_16", "R50+ViT-B_16"])
+def test_full_size_model_from_published_layout_matches_reference(tmp_path, name):
+    """Real-size models through an original-format file: logits within 1e-5 of float64."""
+    config = MODEL_CONFIGS[name]
+    model = models.VisionTransformer(num_classes=10, **config)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
+    p = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False)["params"])(x)
+    checkpoint.save(perturb(p, scale=0.02), tmp_path / f"{name}.npz")
+    loaded = checkpoint.load(str(tmp_path / f"{name}.npz"))
+    ours = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(loaded, x)
+    ref = vit_forward(jax.tree.map(lambda a: np.asarray(a, np.float64), loaded), x, config.to_dict())
+    assert rel_err(ours, ref) < 1e-5
