@@ -31,6 +31,18 @@ def get_config(name: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(MODEL_CONFIGS[name].to_dict())
 
 
+def _normalise(name: str) -> str:
+    return name.lower().replace("vit-", "").replace("/", "").replace("_", "")
+
+
+def resolve_name(name: str) -> str:
+    """Any spelling of a registered model ('b16', 'B/16', 'r50+b16', 'ViT-B_16') -> its name."""
+    lookup = {_normalise(k): c.model_name for k, c in MODEL_CONFIGS.items()}
+    if _normalise(name) not in lookup:
+        raise KeyError(f"Unknown model {name!r}; e.g. ViT-B_16, b16, B/16, r50+b16.")
+    return lookup[_normalise(name)]
+
+
 def _vit(name, hidden, mlp, heads, layers, patch, dropout=0.0):
     config = ml_collections.ConfigDict()
     config.model_name = name

@@ -1,0 +1,79 @@
+"""Shared defaults of every run config; a run config changes only what differs.
+
+Fields whose default is "unset" are declared with `placeholder(type)` so they can
+still be set from the command line (`--config.pretrained_path=ViT-B_16.npz`).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Data.
+    c.dataset = "digits"
+    c.train_split = "train"
+    c.test_split = "test"
+    c.tfds_data_dir = config_dict.placeholder(str)
+    c.tfds_manual_dir = config_dict.placeholder(str)
+    c.tfds_download = False
+    c.pp = ml_collections.ConfigDict()
+    c.pp.crop = 224  # model input size
+    c.pp.resize = config_dict.placeholder(int)  # host decode size of variable-size images (default: crop)
+    c.pp.area_min = 0.05  # Inception crop: 5% to 100% of the area; 1.0 = no crop
+    c.pp.flip = True
+    c.pp.channels = 3  # 1-channel data is repeated to 3 for RGB models
+
+    # Model: a registered name (vit_jax.configs.models), then any field in `model`
+    # that is set overrides it. Without a name, `model` must define the whole model.
+    c.model_name = config_dict.placeholder(str)
+    c.model = ml_collections.ConfigDict()
+    c.model.hidden_size = config_dict.placeholder(int)
+    c.model.patches = ml_collections.ConfigDict({"size": config_dict.placeholder(tuple)})
+    c.model.transformer = ml_collections.ConfigDict()
+    for field in ("mlp_dim", "num_heads", "num_layers"):
+        c.model.transformer[field] = config_dict.placeholder(int)
+    for field in ("dropout_rate", "attention_dropout_rate"):
+        c.model.transformer[field] = config_dict.placeholder(float)
+    c.model.classifier = config_dict.placeholder(str)
+    c.model.representation_size = config_dict.placeholder(int)
+    c.model.posemb = config_dict.placeholder(str)
+    c.model.droppath_rate = config_dict.placeholder(float)
+    c.model.remat = config_dict.placeholder(str)
+    c.model.scan = config_dict.placeholder(bool)
+    c.model.attention_impl = config_dict.placeholder(str)
+    c.model.head_bias_init = config_dict.placeholder(float)
+    c.model.dtype = "float32"  # computation; parameters stay float32
+    c.pretrained_path = config_dict.placeholder(str)
+    c.pretrained_dir = config_dict.placeholder(str)  # with model_name: DIR/<model_name>.npz
+
+    # Optimisation. `batch` is the global batch over all devices and hosts.
+    c.batch = 512
+    c.eval_batch = config_dict.placeholder(int)  # default: batch
+    c.accum_steps = 1
+    c.total_steps = 10_000
+    c.epochs = config_dict.placeholder(float)  # if set, overrides total_steps
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "sgd"  # sgd | adam | adamw (adam* use decoupled weight decay)
+    c.optim.momentum = 0.9
+    c.optim.mu_dtype = "float32"  # dtype of the momentum / first-moment accumulator
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0  # applied to kernels (ndim > 1)
+    c.lr = ml_collections.ConfigDict()
+    c.lr.base = 0.03
+    c.lr.warmup_steps = 500
+    c.lr.decay = "cosine"  # cosine | linear | constant
+    c.lr.end = 0.0
+    c.grad_clip_norm = 1.0  # global norm; 0 disables
+    c.label_smoothing = 0.0
+
+    # Logging, evaluation, checkpoints.
+    c.progress_every = 100
+    c.eval_every = 1000
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    return c

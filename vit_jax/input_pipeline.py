@@ -1,0 +1,415 @@
+"""Data sources, preprocessing and per-host batching.
+
+A source is an in-memory split of uint8 images (N, H, W, C) with int labels, or a
+TFDS split streamed with tf.data. The host side only selects and stacks examples:
+which examples form the batch of step s is a pure function of (seed, s), so a run
+resumed at step s reads exactly what the uninterrupted run read. Augmentation
+(Inception crop, flip, resize, scaling to [-1, 1]) runs on the device inside the
+jitted step (`preprocess_train`, `preprocess_eval`), keyed by the step's RNG.
+
+`config.dataset` is one of:
+- `digits`: scikit-learn's bundled 8x8 handwritten digits, split deterministically;
+- a directory holding MNIST-family IDX files (`train-images-idx3-ubyte.gz`, ...);
+- a directory in image-folder layout: `DIR/{train,test}/<class>/*.jpg|png`;
+- any other string: a TFDS name, read from `config.tfds_data_dir`.
+"""
+
+import dataclasses
+import gzip
+import logging
+import math
+import os
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+DIGITS_TEST_FRACTION = 0.2
+
+
+class DataError(ValueError):
+    """A dataset that is missing, empty or malformed; the message says how to fix it."""
+
+
+@dataclasses.dataclass
+class ArraySource:
+    """One split held in memory: uint8 images (N, H, W, C) and int32 labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    class_names: list[str]
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def load_digits(split: str) -> ArraySource:
+    """scikit-learn's bundled digits (1,797 8x8 images), 80/20 split by a fixed permutation."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = d.target.astype(np.int32)
+    order = np.random.default_rng(0).permutation(len(labels))
+    n_test = int(round(len(labels) * DIGITS_TEST_FRACTION))
+    idx = order[n_test:] if split == "train" else order[:n_test]
+    return ArraySource(images[idx], labels[idx], 10, [str(i) for i in range(10)], "digits")
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads a (gzipped) IDX file: uint8 images (N, rows, cols) or labels (N,)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"Cannot read IDX file {path}: {e}") from None
+    if len(data) < 8:
+        raise DataError(f"{path} is too short to be an IDX file.")
+    magic, count = struct.unpack(">II", data[:8])
+    if magic == 2049:
+        arr = np.frombuffer(data, np.uint8, count=count, offset=8) if len(data) >= 8 + count else None
+        shape = (count,)
+    elif magic == 2051:
+        rows, cols = struct.unpack(">II", data[8:16])
+        n = count * rows * cols
+        arr = np.frombuffer(data, np.uint8, count=n, offset=16) if len(data) >= 16 + n else None
+        shape = (count, rows, cols)
+    else:
+        raise DataError(f"{path} is not an IDX file of uint8 images or labels (magic number {magic}).")
+    if arr is None:
+        raise DataError(f"{path} is truncated: its header announces {count} entries.")
+    return arr.reshape(shape)
+
+
+def load_idx_dir(directory: str, split: str) -> ArraySource:
+    image_file, label_file = IDX_FILES[split]
+    images = read_idx(os.path.join(directory, image_file))
+    labels = read_idx(os.path.join(directory, label_file)).astype(np.int32)
+    if len(images) != len(labels):
+        raise DataError(f"{directory}: {len(images)} {split} images but {len(labels)} labels.")
+    name = os.path.basename(os.path.normpath(directory))
+    return ArraySource(images[..., None], labels, 10, [str(i) for i in range(10)], name)
+
+
+def _is_idx_dir(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, IDX_FILES["train"][0]))
+
+
+def _class_dirs(split_dir: str) -> list[str]:
+    return sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+
+
+def decode_image(path: str, size: tuple[int, int] | None) -> np.ndarray:
+    """Decodes an image file to uint8 RGB (H, W, 3), resized to `size` if given."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")  # grayscale, palette and RGBA all become RGB
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(im, np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"Cannot read image {path}: {e}") from None
+
+
+def load_image_folder(directory: str, split: str, size: tuple[int, int]) -> ArraySource:
+    """DIR/{train,test}/<class>/*.jpg|png; class ids from the sorted train class names."""
+    train_dir, split_dir = os.path.join(directory, "train"), os.path.join(directory, split)
+    for d in (train_dir, split_dir):
+        if not os.path.isdir(d):
+            raise DataError(
+                f"Image folder {directory} has no '{os.path.basename(d)}' split; "
+                f"expected {directory}/{{train,test}}/<class>/*.jpg|png."
+            )
+    classes = _class_dirs(train_dir)
+    if not classes:
+        raise DataError(f"{train_dir} has no class folders; expected {train_dir}/<class>/*.jpg|png.")
+    unknown = sorted(set(_class_dirs(split_dir)) - set(classes))
+    if unknown:
+        raise DataError(f"{split_dir} has classes that train lacks: {', '.join(unknown)}.")
+    paths, labels = [], []
+    for label, cls in enumerate(classes):
+        cls_dir = os.path.join(split_dir, cls)
+        if not os.path.isdir(cls_dir):
+            continue
+        files = sorted(f for f in os.listdir(cls_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files and split == "train":
+            raise DataError(f"Class folder {cls_dir} has no images (.jpg, .png, ...).")
+        paths += [os.path.join(cls_dir, f) for f in files]
+        labels += [label] * len(files)
+    if not paths:
+        raise DataError(f"{split_dir} holds no images.")
+    images = np.stack([decode_image(p, size) for p in paths])
+    return ArraySource(images, np.asarray(labels, np.int32), len(classes), classes, os.path.basename(directory))
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+def _tfds_builder(config):
+    import tensorflow_datasets as tfds
+
+    data_dir = config.get("tfds_data_dir")
+    try:
+        builder = tfds.builder(config.dataset, data_dir=data_dir)
+    except Exception as e:  # DatasetNotFoundError and friends
+        raise DataError(_tfds_missing(config, f"{type(e).__name__}: {e}")) from None
+    if not builder.is_prepared():
+        if not config.get("tfds_download"):
+            raise DataError(_tfds_missing(config, "it is not prepared there"))
+        dl_config = tfds.download.DownloadConfig(manual_dir=config.get("tfds_manual_dir"))
+        builder.download_and_prepare(download_config=dl_config)
+    return builder
+
+
+def _tfds_missing(config, why: str) -> str:
+    data_dir = config.get("tfds_data_dir") or "the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    return (
+        f"TFDS dataset {config.dataset!r} was not found in {data_dir} ({why}). Prepare it on a machine with "
+        f"network access (`tfds build {config.dataset} --data_dir DIR`, with --manual_dir for ImageNet) and set "
+        "--config.tfds_data_dir=DIR, or set --config.tfds_download=True to let this run download it."
+    )
+
+
+class TfdsSource:
+    """A TFDS split streamed with tf.data; images resized on the host to `size`."""
+
+    def __init__(self, config, split: str, size: tuple[int, int]):
+        self.builder = _tfds_builder(config)
+        self.config = config
+        self.split_name = split
+        self.size = size
+        info = self.builder.info
+        label = info.features["label"]
+        self.num_classes = label.num_classes
+        self.class_names = list(label.names)
+        self.name = config.dataset
+        if split not in info.splits:
+            raise DataError(f"TFDS dataset {config.dataset!r} has no split {split!r}; it has {list(info.splits)}.")
+        self.num_examples = info.splits[split].num_examples
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def dataset(self, *, process_index: int, process_count: int, shuffle_seed: int | None):
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+
+        tf.config.set_visible_devices([], "GPU")
+        split = tfds.split_for_jax_process(self.split_name, process_index=process_index, process_count=process_count)
+        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, skip_prefetch=True)
+        ds = self.builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None, read_config=read_config)
+        options = tf.data.Options()
+        options.deterministic = True
+        ds = ds.with_options(options)
+        h, w = self.size
+
+        def prep(ex):
+            im = ex["image"]
+            if im.shape[-1] == 1:
+                im = tf.image.grayscale_to_rgb(im)
+            im = tf.cast(tf.image.resize(im[..., :3], (h, w), antialias=True), tf.float32)
+            return {"image": tf.cast(tf.clip_by_value(tf.round(im), 0, 255), tf.uint8), "label": ex["label"]}
+
+        return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def storage_size(config) -> tuple[int, int]:
+    """Size variable-size sources are decoded to on the host (pp.resize, else pp.crop)."""
+    size = config.pp.get("resize") or config.pp.crop
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def get_source(config, split: str):
+    """The source of `split` ('train' or 'test') for `config.dataset`."""
+    name = config.dataset
+    split_name = config.get(f"{split}_split", split)
+    if name == "digits":
+        return load_digits(split)
+    looks_like_path = os.sep in name or name.startswith(".") or os.path.isdir(name)
+    if looks_like_path:
+        if not os.path.isdir(name):
+            raise DataError(f"Dataset directory {name} does not exist.")
+        if not os.listdir(name):
+            raise DataError(f"Dataset directory {name} is empty.")
+        if _is_idx_dir(name):
+            return load_idx_dir(name, split)
+        return load_image_folder(name, split_name, storage_size(config))
+    return TfdsSource(config, split_name, storage_size(config))
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def global_batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:
+    """Example indices of the global batch of `step`: epochs of fixed-seed permutations.
+
+    Example k of the stream is permutation(epoch = k // n)[k % n]; batches are
+    consecutive slices of that stream, so batch s is a function of (seed, s).
+    """
+    start = step * batch
+    ks = np.arange(start, start + batch)
+    epochs = ks // n
+    out = np.empty(batch, np.int64)
+    for e in np.unique(epochs):
+        sel = epochs == e
+        out[sel] = epoch_permutation(seed, int(e), n)[ks[sel] % n]
+    return out
+
+
+def train_batches(
+    source, *, batch: int, seed: int, start_step: int = 0, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of every global training batch, from `start_step` on."""
+    local = batch // process_count
+    if isinstance(source, ArraySource):
+        step = start_step
+        while True:
+            idx = global_batch_indices(seed, step, len(source), batch)
+            idx = idx[process_index * local : (process_index + 1) * local]
+            yield {"image": source.images[idx], "label": source.labels[idx]}
+            step += 1
+    else:
+        ds = source.dataset(process_index=process_index, process_count=process_count, shuffle_seed=seed)
+        n_local = math.ceil(len(source) / process_count)
+        # Shuffle within each epoch (then repeat), so every epoch sees every example once.
+        ds = ds.shuffle(min(n_local, 10_000), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.batch(local, drop_remainder=True).skip(start_step).prefetch(2)
+        for ex in ds.as_numpy_iterator():
+            yield {"image": ex["image"], "label": ex["label"].astype(np.int32)}
+
+
+def eval_batches(source, *, batch: int, process_index: int = 0, process_count: int = 1):
+    """Every example of the split exactly once, in padded batches with a `mask`.
+
+    The last batch is padded (mask 0) rather than dropped; every process yields the
+    same number of batches so collective steps line up.
+    """
+    local = batch // process_count
+    if isinstance(source, ArraySource):
+        n = len(source)
+        num_batches = max(math.ceil(n / batch), 1)
+        for b in range(num_batches):
+            idx = np.arange(b * batch, (b + 1) * batch)[process_index * local : (process_index + 1) * local]
+            valid = idx < n
+            idx = np.where(valid, idx, 0)
+            yield {"image": source.images[idx], "label": source.labels[idx], "mask": valid.astype(np.float32)}
+    else:
+        ds = source.dataset(process_index=process_index, process_count=process_count, shuffle_seed=None)
+        per_process = math.ceil(len(source) / process_count)
+        num_batches = max(math.ceil(per_process / local), 1)
+        it = ds.batch(local).as_numpy_iterator()
+        for _ in range(num_batches):
+            ex = next(it, None)
+            if ex is None:
+                h, w = source.size
+                ex = {"image": np.zeros((0, h, w, 3), np.uint8), "label": np.zeros((0,), np.int32)}
+            k = len(ex["label"])
+            pad = local - k
+            yield {
+                "image": np.concatenate([ex["image"], np.zeros((pad, *ex["image"].shape[1:]), np.uint8)]),
+                "label": np.concatenate([ex["label"].astype(np.int32), np.zeros(pad, np.int32)]),
+                "mask": np.concatenate([np.ones(k, np.float32), np.zeros(pad, np.float32)]),
+            }
+
+
+# ----------------------------------------------------------------------------- device-side preprocessing
+
+
+def _to_model_input(x, channels: int):
+    """uint8-valued float images -> [-1, 1], with 1 channel repeated to 3 if needed."""
+    x = x / 127.5 - 1.0
+    if x.shape[-1] == 1 and channels == 3:
+        x = jnp.repeat(x, 3, axis=-1)
+    elif x.shape[-1] == 3 and channels == 1:
+        x = jnp.mean(x, axis=-1, keepdims=True)
+    return x
+
+
+def _crop_resize(image, box, size):
+    """Crops `box` = (top, left, height, width) (pixels, float) and resizes to `size`."""
+    top, left, h, w = box
+    out_h, out_w = size
+    scale = jnp.array([out_h / h, out_w / w])
+    translation = -jnp.array([top, left]) * scale
+    return jax.image.scale_and_translate(
+        image, (out_h, out_w, image.shape[-1]), (0, 1), scale, translation, method="linear", antialias=True
+    )
+
+
+def inception_box(rng, height: int, width: int, area_range=(0.05, 1.0), ratio_range=(3 / 4, 4 / 3)):
+    """A random crop box covering area_range of the image with aspect ratio in ratio_range."""
+    k1, k2, k3, k4 = jax.random.split(rng, 4)
+    area = jax.random.uniform(k1, (), minval=area_range[0], maxval=area_range[1]) * height * width
+    log_ratio = jax.random.uniform(k2, (), minval=math.log(ratio_range[0]), maxval=math.log(ratio_range[1]))
+    ratio = jnp.exp(log_ratio)
+    h = jnp.minimum(jnp.sqrt(area / ratio), height)
+    w = jnp.minimum(jnp.sqrt(area * ratio), width)
+    top = jax.random.uniform(k3, ()) * (height - h)
+    left = jax.random.uniform(k4, ()) * (width - w)
+    return top, left, h, w
+
+
+def preprocess_train(images, rng, pp) -> jax.Array:
+    """uint8 batch -> float [-1, 1] at pp.crop: Inception crop, optional flip."""
+    b, height, width, _ = images.shape
+    crop = (pp["crop"], pp["crop"]) if isinstance(pp["crop"], int) else tuple(pp["crop"])
+    x = images.astype(jnp.float32)
+    keys = jax.random.split(rng, b)
+
+    def one(image, key):
+        kc, kf = jax.random.split(key)
+        if pp["area_min"] < 1.0:
+            box = inception_box(kc, height, width, (pp["area_min"], 1.0))
+            image = _crop_resize(image, box, crop)
+        elif (height, width) != crop:
+            image = jax.image.resize(image, (*crop, image.shape[-1]), "linear", antialias=True)
+        if pp["flip"]:
+            image = jnp.where(jax.random.bernoulli(kf), image[:, ::-1], image)
+        return image
+
+    return _to_model_input(jax.vmap(one)(x, keys), pp["channels"])
+
+
+def preprocess_eval(images, pp) -> jax.Array:
+    """uint8 batch -> float [-1, 1] resized to pp.crop."""
+    crop = (pp["crop"], pp["crop"]) if isinstance(pp["crop"], int) else tuple(pp["crop"])
+    x = images.astype(jnp.float32)
+    if x.shape[1:3] != crop:
+        x = jax.image.resize(x, (x.shape[0], *crop, x.shape[-1]), "linear", antialias=True)
+    return _to_model_input(x, pp["channels"])
+
+
+def pp_dict(config) -> dict[str, Any]:
+    """The preprocessing fields the jitted steps need, as plain Python values."""
+    pp = config.pp
+    return {
+        "crop": pp.crop if isinstance(pp.crop, int) else tuple(pp.crop),
+        "area_min": float(pp.area_min),
+        "flip": bool(pp.flip),
+        "channels": int(pp.channels),
+    }

@@ -1,0 +1,93 @@
+"""Entry point: flags -> config -> run.
+
+    python -m vit_jax.main --config configs/vit_b16.py [--workdir DIR] [--config.FIELD=VALUE ...]
+
+`--config file.py:ARG` passes ARG to the file's get_config (config families).
+Without --workdir the run goes to runs/<config name>[_<arg>]. Running the same
+command again resumes from the latest checkpoint in the workdir.
+"""
+
+import json
+import logging
+import os
+import re
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: a file defining get_config().", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go (default: runs/<config name>).")
+
+log = logging.getLogger("vit_jax")
+
+
+class UsageError(Exception):
+    """A command-line or config mistake: printed as one line, exit status 2."""
+
+
+def default_workdir(config_arg: str) -> str:
+    path, _, arg = config_arg.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    if arg:
+        name += "_" + re.sub(r"[^A-Za-z0-9_.,+=-]", "-", arg)
+    return os.path.join("runs", name)
+
+
+def _parse(argv: list[str]):
+    try:
+        FLAGS(argv)
+    except flags.Error as e:
+        raise UsageError(_flag_message(e)) from None
+    except (AttributeError, KeyError) as e:  # --config.unknown_field=...
+        text = str(e.args[0] if e.args else e)
+        field = re.search(r"'([A-Za-z0-9_]+)", text)
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        raise UsageError(
+            f"Unknown config field {field.group(1) if field else text!r}"
+            + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+            + ": check the spelling; --config.FIELD must exist in the config file."
+        ) from None
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"Bad config value: {e}") from None
+    if FLAGS.config is None:
+        raise UsageError("--config is required, e.g. --config configs/quickstart.py")
+    config_arg = FLAGS["config"].config_filename
+    return FLAGS.config, config_arg, FLAGS.workdir or default_workdir(config_arg)
+
+
+def _flag_message(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    for noisy in ("absl", "jax", "orbax", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config, config_arg, workdir = _parse(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from vit_jax import checkpoint, input_pipeline, train  # heavy imports after the flags are checked
+
+    user_errors = (train.ConfigError, input_pipeline.DataError, checkpoint.CheckpointError)
+    try:
+        train.validate(config)
+        train.check_files(config)
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1) + "\n")
+        log.info("Config %s, workdir %s", config_arg, workdir)
+        result = train.train_and_evaluate(config, workdir)
+    except user_errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"workdir": workdir, **result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""Training and evaluation: optimizer, jitted steps, checkpoints, the loop.
+
+Reads top to bottom: config checks, data, model, optimizer, state and shardings,
+the train and eval steps, checkpoint restore, the loop, the final export.
+
+Exact resume: the batch of step s and its RNG are functions of (seed, s), and a
+checkpoint holds parameters, optimizer state and step, so a run restarted from any
+completed checkpoint retraces the uninterrupted run bit for bit.
+"""
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from vit_jax import checkpoint, input_pipeline, metrics, models, parallel
+from vit_jax.configs import models as model_configs
+
+log = logging.getLogger("vit_jax")
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DECAYS = ("cosine", "linear", "constant")
+TRAINABLE_CLASSIFIERS = ("token", "gap", "map")
+
+
+class ConfigError(ValueError):
+    """An unknown or inconsistent config field; the message names the field and the fix."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def model_kwargs(config) -> dict[str, Any]:
+    """VisionTransformer fields: the registered model, then every set `config.model` field."""
+    if config.get("model_name"):
+        try:
+            base = model_configs.get_config(config.model_name).to_dict()
+        except KeyError as e:
+            raise ConfigError(f"config.model_name: {e.args[0]}") from None
+    else:
+        base = {"transformer": {}, "patches": {}}
+    overrides = config.model.to_dict()
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            sub = dict(base.get(key) or {})
+            sub.update({k: v for k, v in value.items() if v is not None})
+            base[key] = sub
+        elif value is not None:
+            base[key] = value
+    base["dtype"] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[base.get("dtype", "float32")]
+    return base
+
+
+def total_steps(config, num_train: int) -> int:
+    if config.get("epochs"):
+        return math.ceil(config.epochs * num_train / config.batch)
+    return int(config.total_steps)
+
+
+def validate(config, num_devices: int | None = None) -> None:
+    """Checks every field a run depends on before anything is loaded or compiled."""
+    num_devices = num_devices or jax.device_count()
+    if config.model.get("dtype") not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'.")
+    kw = model_kwargs(config)
+    missing = [] if kw.get("hidden_size") else ["hidden_size"]
+    missing += [] if kw["patches"].get("size") else ["patches.size"]
+    missing += [f"transformer.{f}" for f in ("mlp_dim", "num_heads", "num_layers") if not kw["transformer"].get(f)]
+    if missing:
+        raise ConfigError(
+            f"The model is not fully defined: set config.model_name (e.g. ViT-B_16) or config.model.{missing[0]}."
+        )
+    if kw["hidden_size"] % kw["transformer"]["num_heads"]:
+        raise ConfigError(
+            f"config.model.transformer.num_heads={kw['transformer']['num_heads']} does not divide "
+            f"hidden_size={kw['hidden_size']}: choose a head count that divides it."
+        )
+    classifier = kw.get("classifier", "token")
+    if classifier not in TRAINABLE_CLASSIFIERS:
+        raise ConfigError(
+            f"config.model.classifier={classifier!r} cannot be trained for classification here; "
+            f"use one of {', '.join(TRAINABLE_CLASSIFIERS)}."
+        )
+    for field, allowed in (("posemb", models.POSEMBS), ("remat", ("none", "full", "dots"))):
+        if kw.get(field) is not None and kw[field] not in allowed:
+            raise ConfigError(f"config.model.{field}={kw[field]!r}: choose one of {', '.join(allowed)}.")
+    crop = config.pp.crop
+    crop_hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    if kw.get("resnet") is None:
+        ph, pw = kw["patches"]["size"] if not isinstance(kw["patches"]["size"], int) else (kw["patches"]["size"],) * 2
+        if crop_hw[0] % ph or crop_hw[1] % pw:
+            raise ConfigError(
+                f"config.pp.crop={crop} is not divisible by the patch size {ph}x{pw}: "
+                f"use an image size that is a multiple of the patch size."
+            )
+    if config.pp.channels not in (1, 3):
+        raise ConfigError(f"config.pp.channels={config.pp.channels}: use 1 or 3.")
+    if not 0.0 < config.pp.area_min <= 1.0:
+        raise ConfigError(f"config.pp.area_min={config.pp.area_min}: use a fraction in (0, 1].")
+    if config.optim.name not in OPTIMIZERS:
+        raise ConfigError(f"config.optim.name={config.optim.name!r}: choose one of {', '.join(OPTIMIZERS)}.")
+    if config.lr.decay not in DECAYS:
+        raise ConfigError(f"config.lr.decay={config.lr.decay!r}: choose one of {', '.join(DECAYS)}.")
+    if config.accum_steps < 1:
+        raise ConfigError(f"config.accum_steps={config.accum_steps}: use 1 or more.")
+    if config.batch <= 0 or config.batch % (num_devices * config.accum_steps):
+        raise ConfigError(
+            f"config.batch={config.batch} is not divisible by the device count ({num_devices}) times "
+            f"config.accum_steps ({config.accum_steps}); use a multiple of {num_devices * config.accum_steps}."
+        )
+    eval_batch = config.get("eval_batch") or config.batch
+    if eval_batch % num_devices:
+        raise ConfigError(f"config.eval_batch={eval_batch} is not divisible by the device count ({num_devices}).")
+    for field in ("progress_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        if config[field] <= 0:
+            raise ConfigError(f"config.{field}={config[field]}: use a positive number.")
+    if config.total_steps <= 0 and not config.get("epochs"):
+        raise ConfigError(f"config.total_steps={config.total_steps}: use a positive number or set config.epochs.")
+    if config.get("pretrained_dir") and not config.get("model_name") and not config.get("pretrained_path"):
+        raise ConfigError("config.pretrained_dir needs config.model_name to name the file (DIR/<model_name>.npz).")
+
+
+def check_files(config) -> None:
+    """Files the run needs exist (checked before anything is compiled)."""
+    path = pretrained_file(config)
+    if path and "://" not in path and not os.path.isfile(path):
+        raise ConfigError(
+            f"Pretrained checkpoint {path} not found (config.pretrained_path / pretrained_dir). The original "
+            f"release's files are published at {checkpoint.PUBLISHED_URL} (imagenet21k/, augreg/)."
+        )
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def make_schedule(config, steps: int):
+    lr = config.lr
+    warmup = min(int(lr.warmup_steps), steps)
+    rest = max(steps - warmup, 1)
+    if lr.decay == "cosine":
+        decay = optax.cosine_decay_schedule(lr.base, rest, alpha=lr.end / lr.base if lr.base else 0.0)
+    elif lr.decay == "linear":
+        decay = optax.linear_schedule(lr.base, lr.end, rest)
+    else:
+        decay = optax.constant_schedule(lr.base)
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr.base, warmup), decay], [warmup])
+
+
+def make_optimizer(config, steps: int):
+    """(optax transformation, schedule): clipping, then the optimizer with the schedule."""
+    o = config.optim
+    schedule = make_schedule(config, steps)
+    mu_dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[o.mu_dtype]
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+    if o.name == "sgd":
+        opt = optax.sgd(schedule, momentum=o.momentum or None, accumulator_dtype=mu_dtype)
+        if o.weight_decay:
+            opt = optax.chain(optax.add_decayed_weights(o.weight_decay, decay_mask), opt)
+    else:
+        opt = optax.adamw(
+            schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mu_dtype=mu_dtype, mask=decay_mask
+        )
+    parts = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []
+    return optax.chain(*parts, opt), schedule
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def cross_entropy(logits, labels, num_classes: int, smoothing: float = 0.0):
+    targets = jax.nn.one_hot(labels, num_classes)
+    if smoothing:
+        targets = optax.smooth_labels(targets, smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def make_train_step(model, tx, schedule, config, num_classes: int):
+    """step(state, batch, base_rng) -> (state, metrics); pure, for jax.jit.
+
+    The batch is split into `accum_steps` micro-batches (interleaved rows, so each
+    spans every device), each with its own dropout and augmentation keys; gradients
+    are averaged before one optimizer update.
+    """
+    pp = input_pipeline.pp_dict(config)
+    accum = int(config.accum_steps)
+    smoothing = float(config.label_smoothing)
+
+    def micro_grads(params, images, labels, rng):
+        k_aug, k_drop = jax.random.split(rng)
+        x = input_pipeline.preprocess_train(images, k_aug, pp)
+
+        def loss_fn(p):
+            logits = model.apply({"params": p}, x, train=True, rngs={"dropout": k_drop})
+            return cross_entropy(logits, labels, num_classes, smoothing).mean()
+
+        return jax.value_and_grad(loss_fn)(params)
+
+    def step(state, batch, base_rng):
+        params = state["params"]
+        rng = jax.random.fold_in(base_rng, state["step"])
+        if accum == 1:
+            loss, grads = micro_grads(params, batch["image"], batch["label"], rng)
+        else:
+
+            def split(a):  # (B, ...) -> (accum, B / accum, ...), micro-batch i = rows i, i + accum, ...
+                return jnp.swapaxes(a.reshape(a.shape[0] // accum, accum, *a.shape[1:]), 0, 1)
+
+            def body(carry, xs):
+                images, labels, i = xs
+                loss, grads = micro_grads(params, images, labels, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+            xs = (split(batch["image"]), split(batch["label"]), jnp.arange(accum))
+            (loss, grads), _ = jax.lax.scan(body, zeros, xs)
+            loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_state = {
+            "params": optax.apply_updates(params, updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        out = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+        return new_state, out
+
+    return step
+
+
+def make_eval_step(model, config, num_classes: int):
+    pp = input_pipeline.pp_dict(config)
+
+    def step(params, batch):
+        x = input_pipeline.preprocess_eval(batch["image"], pp)
+        logits = model.apply({"params": params}, x, train=False)
+        loss = cross_entropy(logits, batch["label"], num_classes)
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        m = batch["mask"]
+        return {"correct": jnp.sum(correct * m), "loss": jnp.sum(loss * m), "count": jnp.sum(m)}
+
+    return step
+
+
+def evaluate(eval_step, params, source, config, sharding) -> dict[str, float]:
+    """Accuracy and loss over every test example once (padded, masked batches)."""
+    totals = None
+    batch_size = config.get("eval_batch") or config.batch
+    for local in input_pipeline.eval_batches(
+        source, batch=batch_size, process_index=jax.process_index(), process_count=jax.process_count()
+    ):
+        out = eval_step(params, parallel.global_batch(local, sharding))
+        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    totals = jax.device_get(totals)
+    count = int(totals["count"])
+    return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss"]) / count, "count": count}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(config.keep_checkpoints), create=True, enable_async_checkpointing=True
+    )
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options, item_names=("state", "meta")
+    )
+
+
+def save_checkpoint(mngr, state, meta: dict) -> None:
+    """Asynchronous save of a host snapshot (the live buffers are donated to the next step)."""
+    step = int(meta["step"])
+    snapshot = jax.device_get(state)
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(snapshot), meta=ocp.args.JsonSave(meta)))
+
+
+def restore_checkpoint(mngr, state) -> tuple[Any, dict] | None:
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+    restored = mngr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+    )
+    return restored["state"], dict(restored["meta"])
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def pretrained_file(config) -> str | None:
+    if config.get("pretrained_path"):
+        return config.pretrained_path
+    if config.get("pretrained_dir"):
+        return os.path.join(config.pretrained_dir, f"{config.model_name}.npz")
+    return None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) training in `workdir`; returns the final evaluation."""
+    validate(config)
+    check_files(config)
+    is_main = jax.process_index() == 0
+    writer = metrics.MetricWriter(workdir, enabled=is_main)
+    mesh = parallel.make_mesh()
+    data_sharding, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+
+    train_source = input_pipeline.get_source(config, "train")
+    test_source = input_pipeline.get_source(config, "test")
+    num_classes = train_source.num_classes
+    steps = total_steps(config, len(train_source))
+    log.info(
+        "Data: %s, %d train / %d test examples, %d classes. %d processes, %d devices.",
+        train_source.name,
+        len(train_source),
+        len(test_source),
+        num_classes,
+        jax.process_count(),
+        jax.device_count(),
+    )
+
+    kw = model_kwargs(config)
+    model = models.VisionTransformer(num_classes=num_classes, **kw)
+    crop = input_pipeline.pp_dict(config)["crop"]
+    crop_hw = (crop, crop) if isinstance(crop, int) else crop
+    dummy = jnp.zeros((1, *crop_hw, config.pp.channels), jnp.float32)
+    tx, schedule = make_optimizer(config, steps)
+
+    def init_state(rng):
+        params = model.init(rng, dummy, train=False)["params"]
+        return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+    state = jax.jit(init_state, out_shardings=repl)(jax.random.PRNGKey(config.seed))
+    mngr = checkpoint_manager(workdir, config)
+    try:
+        restored = restore_checkpoint(mngr, state)
+        if restored is not None:
+            state, meta = restored
+            log.info("Resumed from %s at step %d.", os.path.join(workdir, "checkpoints"), int(meta["step"]))
+        elif pretrained_file(config):
+            path = pretrained_file(config)
+            grid = models.grid_shape(kw, crop_hw)
+            params = checkpoint.load_pretrained(
+                pretrained_path=path,
+                init_params=jax.device_get(state["params"]),
+                model_config=kw,
+                new_grid_shape=grid,
+            )
+            state = dict(
+                state, params=jax.device_put(params, repl), opt_state=jax.jit(tx.init, out_shardings=repl)(params)
+            )
+            log.info("Initialised from pretrained %s.", path)
+
+        train_step = jax.jit(
+            make_train_step(model, tx, schedule, config, num_classes),
+            in_shardings=(repl, data_sharding, repl),
+            out_shardings=(repl, repl),
+            donate_argnums=(0,),
+        )
+        eval_step = jax.jit(make_eval_step(model, config, num_classes), in_shardings=(repl, data_sharding))
+        base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), repl)
+
+        start = int(jax.device_get(state["step"]))
+        batches = input_pipeline.train_batches(
+            train_source,
+            batch=config.batch,
+            seed=config.seed,
+            start_step=start,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        pending, t_last, step_last = [], time.perf_counter(), start
+        t_start = t_last
+        next_batch = parallel.global_batch(next(batches), data_sharding) if start < steps else None
+        for step in range(start + 1, steps + 1):
+            batch = next_batch
+            state, out = train_step(state, batch, base_rng)
+            pending.append(out)
+            if step < steps:  # prepare the next batch while the device computes
+                next_batch = parallel.global_batch(next(batches), data_sharding)
+            if step % config.progress_every == 0 or step == steps:
+                fetched = jax.device_get(pending)  # the only host sync of the loop
+                pending = []
+                now = time.perf_counter()
+                rate = (step - step_last) * config.batch / (now - t_last)
+                loss = float(np.mean([f["loss"] for f in fetched]))
+                values = {
+                    "loss": loss,
+                    "lr": float(fetched[-1]["lr"]),
+                    "grad_norm": float(fetched[-1]["grad_norm"]),
+                    "images_per_s": rate,
+                }
+                eta = (steps - step) * (now - t_start) / max(step - start, 1)
+                log.info(
+                    "step %d/%d | loss %.4f | lr %.2e | %.0f img/s | ETA %s",
+                    step,
+                    steps,
+                    loss,
+                    values["lr"],
+                    rate,
+                    metrics.format_duration(eta),
+                )
+                writer.write("train", step, values)
+                t_last, step_last = now, step
+            if step % config.checkpoint_every == 0 or step == steps:
+                save_checkpoint(mngr, state, {"step": step, "examples_seen": step * config.batch, "seed": config.seed})
+            if step % config.eval_every == 0 and step != steps:
+                result = evaluate(eval_step, state["params"], test_source, config, data_sharding)
+                log.info("eval step %d | accuracy %.4f | loss %.4f | %d examples", step, *result.values())
+                writer.write("eval", step, result)
+        mngr.wait_until_finished()
+
+        result = evaluate(eval_step, state["params"], test_source, config, data_sharding)
+        log.info("final eval step %d | accuracy %.4f | loss %.4f | %d examples", steps, *result.values())
+        writer.write("eval", steps, result)
+        writer.close()
+        if is_main:
+            checkpoint.save(jax.device_get(state["params"]), os.path.join(workdir, "model.npz"))
+            info = {
+                "num_classes": num_classes,
+                "class_names": list(train_source.class_names),
+                "model": {k: v for k, v in kw.items() if k != "dtype"},
+                "steps": steps,
+                "final_eval": result,
+            }
+            with open(os.path.join(workdir, "run.json"), "w") as f:
+                json.dump(info, f, indent=1, default=str)
+    finally:
+        mngr.close()
+    return result
