@@ -13,24 +13,14 @@ def get_config():
     c = common.get_config()
     c.dataset = "digits"
     c.pp.crop = 8
-    c.pp.area_min = 0.7
+    c.pp.area_min = 0.85
     c.pp.flip = False  # digits are not mirror-symmetric
     c.pp.channels = 1
-    c.model.hidden_size = 64
-    c.model.patches.size = (2, 2)
-    c.model.transformer.mlp_dim = 128
-    c.model.transformer.num_heads = 4
-    c.model.transformer.num_layers = 4
-    c.model.transformer.dropout_rate = 0.0
-    c.model.transformer.attention_dropout_rate = 0.0
-    c.model.classifier = "token"
+    common.small_vit(c, hidden=64, mlp=128, heads=4, layers=4, patch=2)
+    c.lr.base = 2e-3
     c.batch = 128
     c.total_steps = 2000
-    c.optim.name = "adamw"
-    c.optim.weight_decay = 0.05
-    c.lr.base = 1e-3
     c.lr.warmup_steps = 100
-    c.label_smoothing = 0.1
     c.progress_every = 200
     c.eval_every = 500
     c.checkpoint_every = 500

@@ -73,6 +73,16 @@ def test_training_reduces_the_loss_and_writes_its_outputs(tmp_path):
     assert json.load(open(tmp_path / "run.json"))["class_names"][:3] == ["0", "1", "2"]
 
 
+def test_bfloat16_training_keeps_float32_parameters(tmp_path):
+    config = tiny_run_config(total_steps=20, **{"model.dtype": "bfloat16", "optim.mu_dtype": "bfloat16"})
+    result = train.train_and_evaluate(config, str(tmp_path))
+    losses = [r["loss"] for r in read_metrics(tmp_path) if r["kind"] == "train"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert result["count"] == 359
+    params = np.load(tmp_path / "model.npz")
+    assert all(params[k].dtype == np.float32 for k in params.files)
+
+
 def _one_step(config, params, batch):
     model = models.VisionTransformer(num_classes=10, **train.model_kwargs(config))
     tx, schedule = train.make_optimizer(config, 10)

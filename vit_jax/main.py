@@ -77,9 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train.validate(config)
         train.check_files(config)
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1) + "\n")
         log.info("Config %s, workdir %s", config_arg, workdir)
         result = train.train_and_evaluate(config, workdir)
     except user_errors as e:

@@ -311,6 +311,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate(config)
     check_files(config)
     is_main = jax.process_index() == 0
+    if is_main:  # the resolved config, read back by the analysis tools
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1) + "\n")
     writer = metrics.MetricWriter(workdir, enabled=is_main)
     mesh = parallel.make_mesh()
     data_sharding, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)

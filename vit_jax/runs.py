@@ -1,0 +1,138 @@
+"""Loading a trained model for the tools (analyze, predict): from a run's workdir or
+from an original-format checkpoint with a registered model name."""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vit_jax import checkpoint, input_pipeline, models
+from vit_jax.configs import models as model_configs
+
+
+class RunError(ValueError):
+    """A workdir or checkpoint the tools cannot use; the message says why."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: Any
+    params: Any
+    class_names: list[str]
+    pp: dict[str, Any]  # evaluation preprocessing: crop, channels (and the host decode size)
+    config: ml_collections.ConfigDict | None = None
+    source: str = ""
+
+
+def from_workdir(workdir: str) -> LoadedModel:
+    """The run's final export (model.npz) or, mid-run, its latest Orbax checkpoint."""
+    from vit_jax import train  # training code is only needed to rebuild the run's model
+
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_path):
+        raise RunError(f"{workdir} is not a training workdir (no config.json).")
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    kw = train.model_kwargs(config)
+    run_info = os.path.join(workdir, "run.json")
+    final = os.path.join(workdir, "model.npz")
+    if os.path.isfile(final):
+        params, source = checkpoint.load(final), final
+    else:
+        params, source = _latest_orbax_params(os.path.join(workdir, "checkpoints")), "latest checkpoint"
+    num_classes = np.asarray(params["head"]["kernel"]).shape[-1]
+    if os.path.isfile(run_info):
+        with open(run_info) as f:
+            class_names = json.load(f)["class_names"]
+    else:
+        class_names = [str(i) for i in range(num_classes)]
+    if kw.get("scan"):
+        params = checkpoint.stack_blocks(params)
+    model = models.VisionTransformer(num_classes=num_classes, **kw)
+    pp = input_pipeline.pp_dict(config)
+    pp["decode_size"] = input_pipeline.storage_size(config)
+    return LoadedModel(model, params, class_names, pp, config, source)
+
+
+def _latest_orbax_params(directory: str):
+    import orbax.checkpoint as ocp
+
+    if not os.path.isdir(directory):
+        raise RunError(f"No model.npz and no checkpoints in {os.path.dirname(directory)}: has the run started?")
+    mngr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
+    step = mngr.latest_step()
+    if step is None:
+        raise RunError(f"No complete checkpoint in {directory}.")
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    mngr.close()
+    return checkpoint.unstack_blocks(jax.tree.map(np.asarray, restored["state"]["params"]))
+
+
+def from_checkpoint(path: str, model_name: str, image_size: int, labels: str | None = None) -> LoadedModel:
+    """An original-format .npz with a registered model (head size read from the file)."""
+    params = checkpoint.load(path)
+    try:
+        config = model_configs.get_config(model_configs.resolve_name(model_name)).to_dict()
+    except KeyError as e:
+        raise RunError(str(e.args[0])) from None
+    if "head" not in params:
+        raise RunError(f"{path} has no classification head ('head/kernel').")
+    num_classes = np.asarray(params["head"]["kernel"]).shape[-1]
+    if "pre_logits" in params:
+        config["representation_size"] = np.asarray(params["pre_logits"]["kernel"]).shape[-1]
+    if "cls" not in params and config.get("classifier") == "token":
+        config["classifier"] = "gap"
+    model = models.VisionTransformer(num_classes=num_classes, **config)
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    init = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False)["params"])
+    expected = {k: v.shape for k, v in checkpoint.flatten(init).items()}
+    got = {k: np.shape(v) for k, v in checkpoint.flatten(params).items()}
+    bad = [f"{k}: file {got.get(k)} vs model {s}" for k, s in expected.items() if got.get(k) != s]
+    if bad:
+        raise RunError(
+            f"{path} does not fit {model_name} at {image_size} px: {'; '.join(bad[:6])}"
+            + (" ..." if len(bad) > 6 else "")
+            + ". Check --model and --image_size (the size the checkpoint was trained at)."
+        )
+    if labels:
+        with open(labels) as f:
+            class_names = [line.strip() for line in f if line.strip()]
+    else:
+        class_names = [str(i) for i in range(num_classes)]
+    pp = {"crop": image_size, "channels": 3, "decode_size": (image_size, image_size)}
+    return LoadedModel(model, params, class_names, pp, None, path)
+
+
+def load_images(paths: list[str], loaded: LoadedModel) -> tuple[np.ndarray, list[str], list[str]]:
+    """Decodes and preprocesses image files as the run's evaluation does.
+
+    Returns (images in [-1, 1], paths read, one error message per unreadable file).
+    """
+    arrays, ok, errors = [], [], []
+    for p in paths:
+        try:
+            arrays.append(input_pipeline.decode_image(p, tuple(loaded.pp["decode_size"])))
+            ok.append(p)
+        except input_pipeline.DataError as e:
+            errors.append(str(e))
+    if not arrays:
+        return np.zeros((0,)), ok, errors
+    batch = jnp.asarray(np.stack(arrays))
+    return np.asarray(input_pipeline.preprocess_eval(batch, loaded.pp)), ok, errors
+
+
+def image_files(directory: str) -> list[str]:
+    """Every image file under `directory` (recursively), sorted."""
+    if not os.path.isdir(directory):
+        raise RunError(f"Image directory {directory} does not exist.")
+    found = []
+    for root, _, files in os.walk(directory):
+        found += [os.path.join(root, f) for f in files if f.lower().endswith(input_pipeline.IMAGE_EXTENSIONS)]
+    if not found:
+        raise RunError(f"No image files (.jpg, .png, ...) under {directory}.")
+    return sorted(found)
