@@ -3,8 +3,9 @@
     python -m vit_jax.main --config configs/fashion_mnist.py --config.dataset=DIR
 
 DIR holds the original IDX files (train-images-idx3-ubyte.gz and friends); without
-the override the TFDS `fashion_mnist` dataset is read from config.tfds_data_dir. Width 96, 4 blocks, 4x4 patches (49 tokens), 6,600 steps
-of 128 (14 epochs), AdamW lr 2e-3 with cosine decay, flips only.
+the override the TFDS `fashion_mnist` dataset is read from config.tfds_data_dir.
+Width 96, 4 blocks, 4x4 patches (49 tokens), 6,600 steps of 128 (14 epochs), AdamW
+lr 2e-3 with cosine decay, flips only.
 
 Measured on the 2-core CPU (2026-11-24), with DIR the original Fashion-MNIST files:
 89.94% test accuracy after 17 min 55 s wall-clock (about 770 images/s), short of the
