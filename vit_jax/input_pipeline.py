@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.models_vit import to_pair
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -237,7 +239,7 @@ class TfdsSource:
 def storage_size(config) -> tuple[int, int]:
     """Size variable-size sources are decoded to on the host (pp.resize, else pp.crop)."""
     size = config.pp.get("resize") or config.pp.crop
-    return (size, size) if isinstance(size, int) else tuple(size)
+    return to_pair(size)
 
 
 def get_source(config, split: str):
@@ -377,7 +379,7 @@ def inception_box(rng, height: int, width: int, area_range=(0.05, 1.0), ratio_ra
 def preprocess_train(images, rng, pp) -> jax.Array:
     """uint8 batch -> float [-1, 1] at pp.crop: Inception crop, optional flip."""
     b, height, width, _ = images.shape
-    crop = (pp["crop"], pp["crop"]) if isinstance(pp["crop"], int) else tuple(pp["crop"])
+    crop = to_pair(pp["crop"])
     x = images.astype(jnp.float32)
     keys = jax.random.split(rng, b)
 
@@ -397,7 +399,7 @@ def preprocess_train(images, rng, pp) -> jax.Array:
 
 def preprocess_eval(images, pp) -> jax.Array:
     """uint8 batch -> float [-1, 1] resized to pp.crop."""
-    crop = (pp["crop"], pp["crop"]) if isinstance(pp["crop"], int) else tuple(pp["crop"])
+    crop = to_pair(pp["crop"])
     x = images.astype(jnp.float32)
     if x.shape[1:3] != crop:
         x = jax.image.resize(x, (x.shape[0], *crop, x.shape[-1]), "linear", antialias=True)
@@ -408,7 +410,7 @@ def pp_dict(config) -> dict[str, Any]:
     """The preprocessing fields the jitted steps need, as plain Python values."""
     pp = config.pp
     return {
-        "crop": pp.crop if isinstance(pp.crop, int) else tuple(pp.crop),
+        "crop": to_pair(pp.crop),
         "area_min": float(pp.area_min),
         "flip": bool(pp.flip),
         "channels": int(pp.channels),

@@ -5,12 +5,9 @@ the `tensorboard` package, so logging never imports TensorFlow.
 """
 
 import json
-import logging
 import os
 import time
 from typing import Any
-
-log = logging.getLogger("vit_jax")
 
 
 class MetricWriter:

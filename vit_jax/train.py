@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from vit_jax import checkpoint, input_pipeline, metrics, models, parallel
+from vit_jax import checkpoint, input_pipeline, metrics, models, models_vit, parallel
 from vit_jax.configs import models as model_configs
 
 log = logging.getLogger("vit_jax")
@@ -94,9 +94,9 @@ def validate(config, num_devices: int | None = None) -> None:
         if kw.get(field) is not None and kw[field] not in allowed:
             raise ConfigError(f"config.model.{field}={kw[field]!r}: choose one of {', '.join(allowed)}.")
     crop = config.pp.crop
-    crop_hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    crop_hw = models_vit.to_pair(crop)
     if kw.get("resnet") is None:
-        ph, pw = kw["patches"]["size"] if not isinstance(kw["patches"]["size"], int) else (kw["patches"]["size"],) * 2
+        ph, pw = models_vit.to_pair(kw["patches"]["size"])
         if crop_hw[0] % ph or crop_hw[1] % pw:
             raise ConfigError(
                 f"config.pp.crop={crop} is not divisible by the patch size {ph}x{pw}: "
@@ -335,8 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     kw = model_kwargs(config)
     model = models.VisionTransformer(num_classes=num_classes, **kw)
-    crop = input_pipeline.pp_dict(config)["crop"]
-    crop_hw = (crop, crop) if isinstance(crop, int) else crop
+    crop_hw = input_pipeline.pp_dict(config)["crop"]
     dummy = jnp.zeros((1, *crop_hw, config.pp.channels), jnp.float32)
     tx, schedule = make_optimizer(config, steps)
 
