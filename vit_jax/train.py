@@ -8,6 +8,7 @@ checkpoint holds parameters, optimizer state and step, so a run restarted from a
 completed checkpoint retraces the uninterrupted run bit for bit.
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -251,6 +252,60 @@ def make_eval_step(model, config, num_classes: int):
     return step
 
 
+@dataclasses.dataclass
+class Program:
+    """Everything compiled for one config: model, optimizer, shardings, jitted steps.
+
+    Shared by the training loop and the benchmark, so the benchmark times the very
+    step that training runs.
+    """
+
+    model: Any
+    model_kw: dict[str, Any]
+    tx: Any
+    schedule: Any
+    mesh: Any
+    data_sharding: Any
+    replicated: Any
+    input_shape: tuple[int, ...]  # one model input (H, W, C), after preprocessing
+    init_state: Any  # rng -> state (replicated)
+    train_step: Any  # (state, batch, base_rng) -> (state, metrics); state donated
+    eval_step: Any  # (params, batch) -> sums of correct, loss, count
+
+
+def build(config, num_classes: int, steps: int, mesh=None) -> Program:
+    mesh = mesh or parallel.make_mesh()
+    data_sharding, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    kw = model_kwargs(config)
+    model = models.VisionTransformer(num_classes=num_classes, **kw)
+    crop_hw = input_pipeline.pp_dict(config)["crop"]
+    dummy = jnp.zeros((1, *crop_hw, config.pp.channels), jnp.float32)
+    tx, schedule = make_optimizer(config, steps)
+
+    def init_state(rng):
+        params = model.init(rng, dummy, train=False)["params"]
+        return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+    return Program(
+        model=model,
+        model_kw=kw,
+        tx=tx,
+        schedule=schedule,
+        mesh=mesh,
+        data_sharding=data_sharding,
+        replicated=repl,
+        input_shape=(*crop_hw, config.pp.channels),
+        init_state=jax.jit(init_state, out_shardings=repl),
+        train_step=jax.jit(
+            make_train_step(model, tx, schedule, config, num_classes),
+            in_shardings=(repl, data_sharding, repl),
+            out_shardings=(repl, repl),
+            donate_argnums=(0,),
+        ),
+        eval_step=jax.jit(make_eval_step(model, config, num_classes), in_shardings=(repl, data_sharding)),
+    )
+
+
 def evaluate(eval_step, params, source, config, sharding) -> dict[str, float]:
     """Accuracy and loss over every test example once (padded, masked batches)."""
     totals = None
@@ -316,8 +371,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1) + "\n")
     writer = metrics.MetricWriter(workdir, enabled=is_main)
-    mesh = parallel.make_mesh()
-    data_sharding, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
 
     train_source = input_pipeline.get_source(config, "train")
     test_source = input_pipeline.get_source(config, "test")
@@ -333,17 +386,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         jax.device_count(),
     )
 
-    kw = model_kwargs(config)
-    model = models.VisionTransformer(num_classes=num_classes, **kw)
-    crop_hw = input_pipeline.pp_dict(config)["crop"]
-    dummy = jnp.zeros((1, *crop_hw, config.pp.channels), jnp.float32)
-    tx, schedule = make_optimizer(config, steps)
-
-    def init_state(rng):
-        params = model.init(rng, dummy, train=False)["params"]
-        return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-
-    state = jax.jit(init_state, out_shardings=repl)(jax.random.PRNGKey(config.seed))
+    prog = build(config, num_classes, steps)
+    kw, repl, data_sharding, tx = prog.model_kw, prog.replicated, prog.data_sharding, prog.tx
+    train_step, eval_step = prog.train_step, prog.eval_step
+    state = prog.init_state(jax.random.PRNGKey(config.seed))
     mngr = checkpoint_manager(workdir, config)
     try:
         restored = restore_checkpoint(mngr, state)
@@ -352,7 +398,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             log.info("Resumed from %s at step %d.", os.path.join(workdir, "checkpoints"), int(meta["step"]))
         elif pretrained_file(config):
             path = pretrained_file(config)
-            grid = models.grid_shape(kw, crop_hw)
+            grid = models.grid_shape(kw, prog.input_shape[:2])
             params = checkpoint.load_pretrained(
                 pretrained_path=path,
                 init_params=jax.device_get(state["params"]),
@@ -364,13 +410,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
             log.info("Initialised from pretrained %s.", path)
 
-        train_step = jax.jit(
-            make_train_step(model, tx, schedule, config, num_classes),
-            in_shardings=(repl, data_sharding, repl),
-            out_shardings=(repl, repl),
-            donate_argnums=(0,),
-        )
-        eval_step = jax.jit(make_eval_step(model, config, num_classes), in_shardings=(repl, data_sharding))
         base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), repl)
 
         start = int(jax.device_get(state["step"]))

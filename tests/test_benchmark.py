@@ -1,0 +1,83 @@
+"""The benchmark command: it times the training step a config really compiles, and its
+FLOP count agrees with a count worked out by hand from the model's matrix products."""
+
+import json
+
+import pytest
+
+from vit_jax import benchmark
+from vit_jax.configs import common
+
+
+def bench_config(**model):
+    """Width 64 on 8x8 digits with 2x2 patches: matrix products dominate the arithmetic."""
+    c = common.get_config()
+    c.dataset = "digits"
+    c.pp.crop = 8
+    c.pp.flip = False
+    c.pp.channels = 1
+    c.model.hidden_size = 64
+    c.model.patches.size = (2, 2)
+    c.model.transformer.mlp_dim = 256
+    c.model.transformer.num_heads = 2
+    c.model.transformer.num_layers = 2
+    c.model.transformer.dropout_rate = 0.0
+    c.model.transformer.attention_dropout_rate = 0.0
+    for k, v in model.items():
+        c.model[k] = v
+    c.batch = 16
+    return c
+
+
+def matmul_flops_by_hand(batch, tokens, patches, patch_pixels, d, mlp, layers, classes):
+    """Forward FLOPs of the matrix products (2 per multiply-add)."""
+    embed = 2 * patches * patch_pixels * d
+    block = 2 * tokens * (4 * d * d + 2 * d * mlp) + 2 * 2 * tokens * tokens * d
+    head = 2 * d * classes
+    return batch * (embed + layers * block + head)
+
+
+def test_flop_count_matches_the_hand_count_and_ignores_loops():
+    c = bench_config()
+    by_hand = matmul_flops_by_hand(16, tokens=17, patches=16, patch_pixels=4, d=64, mlp=256, layers=2, classes=10)
+    infer = benchmark._step_flops(c, 10, 16, "infer")
+    # XLA also counts the element-wise work (norms, softmax, GELU), a few percent here.
+    assert by_hand <= infer <= 1.1 * by_hand, (infer, by_hand)
+    train = benchmark._step_flops(c, 10, 16, "train")
+    assert 2.8 * infer <= train <= 3.3 * infer, (train, infer)  # backward: twice the forward
+    # Micro-batches, scanned blocks and rematerialisation do not change the count.
+    c.accum_steps = 4
+    c.model.scan = True
+    c.model.remat = "full"
+    assert benchmark._step_flops(c, 10, 16, "train") == train
+
+
+def test_run_reports_every_field_for_train_and_infer():
+    c = bench_config()
+    c.accum_steps = 2
+    report = benchmark.run(c, name="tiny", num_classes=10, modes=["train", "infer", "input"], steps=2, warmup=1)
+    train, infer, inp = report
+    assert (train["mode"], infer["mode"], inp["mode"]) == ("train", "infer", "input")
+    for r in (train, infer):
+        assert r["step_ms_min"] <= r["step_ms"] <= r["step_ms_max"]
+        assert r["images_per_s"] == pytest.approx(16 / (r["step_ms"] / 1e3))
+        assert r["achieved_gflops"] == pytest.approx(r["gflops_per_image"] * r["images_per_s"])
+        ratio = r["achieved_gflops"] / r["matmul_f32_gflops"]
+        assert r["utilisation"] == pytest.approx(ratio)
+        assert r["xla_memory_bytes"] > 0 and r["host_peak_bytes"] > 0 and r["compile_s"] > 0
+        assert r["matmul_f32_gflops"] > 0 and r["matmul_bf16_gflops"] > 0
+    assert train["accum_steps"] == 2 and train["gflops_per_image"] > 2.5 * infer["gflops_per_image"]
+    assert inp["images_per_s"] > 0
+
+
+def test_command_line(capsys):
+    args = ["benchmark", "--model", "ViT-Ti_16", "--image_size", "32", "--batch", "2", "--steps", "1"]
+    assert benchmark.main([*args, "--mode", "infer", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["config"] == "ViT-Ti_16 32px" and r["mode"] == "infer" and r["batch"] == 2
+    assert r["gflops_per_image"] > 0
+
+
+def test_command_line_needs_exactly_one_of_config_and_model(capsys):
+    assert benchmark.main(["benchmark"]) == 2
+    assert "exactly one of --config" in capsys.readouterr().err
