@@ -71,7 +71,7 @@ def test_run_reports_every_field_for_train_and_infer():
 
 
 def test_command_line(capsys):
-    args = ["benchmark", "--model", "ViT-Ti_16", "--image_size", "32", "--batch", "2", "--steps", "1"]
+    args = ["benchmark", "--model", "ViT-Ti_16", "--image_size", "32", "--batch", "2", "--steps", "1", "--scan"]
     assert benchmark.main([*args, "--mode", "infer", "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["config"] == "ViT-Ti_16 32px" and r["mode"] == "infer" and r["batch"] == 2
@@ -81,3 +81,26 @@ def test_command_line(capsys):
 def test_command_line_needs_exactly_one_of_config_and_model(capsys):
     assert benchmark.main(["benchmark"]) == 2
     assert "exactly one of --config" in capsys.readouterr().err
+
+
+def test_model_flags_with_a_config_point_to_the_config_field(capsys):
+    assert benchmark.main(["benchmark", "--config", "configs/quickstart.py", "--remat", "full"]) == 2
+    assert "--config.model.remat=full" in capsys.readouterr().err
+
+
+def test_profile_reports_time_per_op_kind(tmp_path, capsys):
+    args = ["benchmark", "--model", "ViT-Ti_16", "--image_size", "32", "--batch", "2", "--steps", "2", "--json"]
+    assert benchmark.main([*args, "--mode", "infer", "--profile", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    ops = [r for r in rows if "op" in r]
+    assert ops, rows
+    assert all(r["ms_per_step"] > 0 and r["calls_per_step"] > 0 for r in ops)
+    assert 0 < sum(r["share"] for r in ops) <= 1.0 + 1e-9
+
+
+def test_steps_zero_compiles_only_and_reports_memory(capsys):
+    args = ["benchmark", "--model", "ViT-Ti_16", "--image_size", "32", "--batch", "2", "--json"]
+    assert benchmark.main([*args, "--mode", "train", "--steps", "0", "--scan", "--remat", "full"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["step_ms"] is None and r["utilisation"] is None
+    assert r["compile_s"] > 0 and r["xla_memory_bytes"] > 0 and r["gflops_per_image"] > 0

@@ -1,8 +1,9 @@
 """Benchmark the real train step (or inference) of a config against the machine's matmul rate.
 
     python -m vit_jax.benchmark --config configs/fashion_mnist.py [--config.FIELD=VALUE ...]
-    python -m vit_jax.benchmark --model ViT-B_16 --image_size 224 --batch 8
+    python -m vit_jax.benchmark --model ViT-B_16 --image_size 224 --batch 8 [--scan] [--remat full|dots]
     options: --mode train|infer|both|input  --batch N  --steps N  --warmup N  --json  --cpu_devices N
+    with --model: --dtype bfloat16  --accum_steps N  --attention IMPL  --num_classes N
 
 With --config, the step is the one `vit_jax.main` compiles for that config
 (`train.build`): the same model, optimizer, micro-batching, mesh and shardings.
@@ -23,10 +24,12 @@ on a shared CPU; the ratio within one run is the figure to compare.
 """
 
 import json
+import os
 import resource
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from absl import flags
@@ -40,7 +43,7 @@ flags.DEFINE_string(
 flags.DEFINE_integer("image_size", 224, "Input size with --model.", flag_values=FLAGS)
 flags.DEFINE_integer("num_classes", 1000, "Head size with --model.", flag_values=FLAGS)
 flags.DEFINE_integer("batch", None, "Global batch (default: the config's; 8 with --model).", flag_values=FLAGS)
-flags.DEFINE_integer("steps", 10, "Timed steps.", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 10, "Timed steps (0: compile and report memory only).", flag_values=FLAGS)
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.", flag_values=FLAGS)
 flags.DEFINE_enum("mode", "both", ["train", "infer", "both", "input"], "What to time.", flag_values=FLAGS)
 flags.DEFINE_bool("json", False, "Print one JSON object per mode.", flag_values=FLAGS)
@@ -49,6 +52,13 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string(
     "attention", None, "With --model: attention_impl (auto, fused, einsum, dot_product_attention).", flag_values=FLAGS
+)
+flags.DEFINE_enum("remat", None, ["none", "full", "dots"], "With --model: rematerialisation policy.", flag_values=FLAGS)
+flags.DEFINE_bool("scan", None, "With --model: scan over the encoder blocks.", flag_values=FLAGS)
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "With --model: compute dtype.", flag_values=FLAGS)
+flags.DEFINE_integer("accum_steps", None, "With --model: micro-batches per step.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "profile", None, "Also trace the timed steps into this directory and print time per XLA op kind.", flag_values=FLAGS
 )
 
 
@@ -188,7 +198,8 @@ def _measure(config, num_classes: int, batch: int, mode: str, steps: int, warmup
     from vit_jax import parallel, train
 
     prog = train.build(config, num_classes, steps=max(steps + warmup, 1))
-    state = prog.init_state(jax.random.PRNGKey(0))
+    # With steps=0 only the compilation is measured: the state stays abstract (no memory).
+    state = (prog.init_state if steps else partial(jax.eval_shape, prog.init_state))(jax.random.PRNGKey(0))
     data = parallel.global_batch(synthetic_batch(config, batch, num_classes, mode == "infer"), prog.data_sharding)
     rng = jax.device_put(jax.random.PRNGKey(1), prog.replicated)
     t0 = time.perf_counter()
@@ -197,6 +208,21 @@ def _measure(config, num_classes: int, batch: int, mode: str, steps: int, warmup
     else:
         compiled = prog.eval_step.lower(state["params"], data).compile()
     compile_s = time.perf_counter() - t0
+    out = {
+        "mode": mode,
+        "batch": batch,
+        "accum_steps": int(config.accum_steps),
+        "step_ms": None,
+        "step_ms_min": None,
+        "step_ms_max": None,
+        "images_per_s": None,
+        "compile_s": compile_s,
+        "xla_memory_bytes": memory_bytes(compiled),
+        "devices": prog.mesh.size,
+        "mesh": prog.mesh,
+    }
+    if not steps:
+        return out
     box = {"state": state}
 
     def train_once():
@@ -208,19 +234,8 @@ def _measure(config, num_classes: int, batch: int, mode: str, steps: int, warmup
 
     times = _time(train_once if mode == "train" else infer_once, steps, warmup)
     med = float(np.median(times))
-    return {
-        "mode": mode,
-        "batch": batch,
-        "accum_steps": int(config.accum_steps),
-        "step_ms": med * 1e3,
-        "step_ms_min": min(times) * 1e3,
-        "step_ms_max": max(times) * 1e3,
-        "images_per_s": batch / med,
-        "compile_s": compile_s,
-        "xla_memory_bytes": memory_bytes(compiled),
-        "devices": prog.mesh.size,
-        "mesh": prog.mesh,
-    }
+    out.update(step_ms=med * 1e3, step_ms_min=min(times) * 1e3, step_ms_max=max(times) * 1e3, images_per_s=batch / med)
+    return out
 
 
 def measure_input(config, batch: int, steps: int) -> dict[str, Any]:
@@ -246,6 +261,65 @@ def measure_input(config, batch: int, steps: int) -> dict[str, Any]:
     return {"mode": "input", "batch": batch, "step_ms": dt * 1e3, "images_per_s": batch / dt}
 
 
+def op_breakdown(trace_dir: str, steps: int, top: int = 12) -> list[dict[str, Any]]:
+    """Device time per XLA op kind (the op name without its number) from a profiler trace.
+
+    Reads the Perfetto trace jax.profiler writes; kinds are sorted by total time, given
+    per step and as a share of all op time.
+    """
+    import collections
+    import glob
+    import gzip
+    import re
+
+    files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
+    if not files:
+        return []
+    with gzip.open(files[-1]) as f:
+        events = json.load(f)["traceEvents"]
+    runtime = ("ThunkExecutor", "$", "SlinkyThreadPool", "PjitFunction", "Thunk", "TfrtCpu", "PjRt")
+    total, count = collections.Counter(), collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") != "X" or not name or name.startswith(runtime):
+            continue
+        kind = re.sub(r"[.\d]+$", "", name)
+        total[kind] += e.get("dur", 0)
+        count[kind] += 1
+    all_us = sum(total.values()) or 1
+    return [
+        {"op": k, "ms_per_step": v / 1e3 / steps, "share": v / all_us, "calls_per_step": count[k] / steps}
+        for k, v in total.most_common(top)
+    ]
+
+
+def profile_step(config, num_classes: int, mode: str, steps: int, trace_dir: str) -> list[dict[str, Any]]:
+    """Runs `steps` of the compiled step under the profiler; returns op_breakdown."""
+    import jax
+
+    from vit_jax import parallel, train
+
+    prog = train.build(config, num_classes, steps=steps + 1)
+    state = prog.init_state(jax.random.PRNGKey(0))
+    data = parallel.global_batch(
+        synthetic_batch(config, int(config.batch), num_classes, mode == "infer"), prog.data_sharding
+    )
+    rng = jax.device_put(jax.random.PRNGKey(1), prog.replicated)
+
+    def run_once(state):
+        if mode == "train":
+            return prog.train_step(state, data, rng)[0]
+        jax.block_until_ready(prog.eval_step(state["params"], data))
+        return state
+
+    state = jax.block_until_ready(run_once(state))  # compile outside the trace
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(steps):
+            state = run_once(state)
+        jax.block_until_ready(state)
+    return op_breakdown(trace_dir, steps)
+
+
 def num_classes_of(config) -> int:
     """The dataset's class count when its data is at hand, else 1000 (the head barely matters)."""
     from vit_jax import input_pipeline
@@ -261,11 +335,15 @@ def run(config, *, name: str, num_classes: int, modes: list[str], steps: int = 1
     import jax
     import jax.numpy as jnp
 
-    from vit_jax import train
+    from vit_jax import parallel, train
 
     train.validate(config)
     batch = int(config.batch)
     compute = "bfloat16" if config.model.dtype == "bfloat16" else "float32"
+    timed = any(m != "input" for m in modes) and steps > 0
+    # The limit is the best matmul rate seen before and after the steps (the rate drifts).
+    mesh = parallel.make_mesh()  # the mesh train.build uses
+    rates_before = [matmul_rate(dt, mesh=mesh) for dt in (jnp.float32, jnp.bfloat16)] if timed else [0.0, 0.0]
     results = []
     for mode in modes:
         if mode == "input":
@@ -274,18 +352,17 @@ def run(config, *, name: str, num_classes: int, modes: list[str], steps: int = 1
         r = _measure(config, num_classes, batch, mode, steps, warmup)
         r["flops_per_step"] = _step_flops(config, num_classes, batch, mode)
         results.append(r)
-    mesh = next((r["mesh"] for r in results if "mesh" in r), None)
     report = []
     if any(r["mode"] != "input" for r in results):
-        rate_f32 = matmul_rate(jnp.float32, mesh=mesh)
-        rate_bf16 = matmul_rate(jnp.bfloat16, mesh=mesh)
+        rate_f32 = max(rates_before[0], matmul_rate(jnp.float32, mesh=mesh))
+        rate_bf16 = max(rates_before[1], matmul_rate(jnp.bfloat16, mesh=mesh))
     for r in results:
         r = dict(r, config=name, backend=jax.default_backend())
         r.pop("mesh", None)
         flops = r.pop("flops_per_step", None)
         if r["mode"] != "input":
             limit = rate_bf16 if compute == "bfloat16" else rate_f32
-            achieved = flops / (r["step_ms"] / 1e3) if flops else None
+            achieved = flops / (r["step_ms"] / 1e3) if flops and r["step_ms"] else None
             r.update(
                 compute_dtype=compute,
                 gflops_per_image=flops / batch / 1e9 if flops else None,
@@ -310,10 +387,15 @@ def format_line(r: dict[str, Any]) -> str:
     util = f"{100 * r['utilisation']:.0f}%" if r["utilisation"] else "n/a"
     flops = f"{r['gflops_per_image']:.3f} GFLOP/img" if r["gflops_per_image"] else "FLOPs n/a"
     achieved = f"{r['achieved_gflops']:.0f} GFLOP/s" if r["achieved_gflops"] else "n/a"
+    timing = "not run (--steps 0)"
+    if r["step_ms"]:
+        timing = (
+            f"{r['step_ms']:.1f} ms/step (min {r['step_ms_min']:.1f}, max {r['step_ms_max']:.1f}), "
+            f"{r['images_per_s']:.1f} img/s"
+        )
     return (
         f"{r['config']} {r['mode']} batch {r['batch']} (accum {r['accum_steps']}, {r['devices']} devices, "
-        f"{r['compute_dtype']}): {r['step_ms']:.1f} ms/step (min {r['step_ms_min']:.1f}, max {r['step_ms_max']:.1f}), "
-        f"{r['images_per_s']:.1f} img/s, compile {r['compile_s']:.1f} s, {flops}, {achieved} achieved, "
+        f"{r['compute_dtype']}): {timing}, compile {r['compile_s']:.1f} s, {flops}, {achieved} achieved, "
         f"matmul f32 {r['matmul_f32_gflops']:.0f} / bf16 {r['matmul_bf16_gflops']:.0f} GFLOP/s, "
         f"utilisation {util}, memory: XLA {_gib(r['xla_memory_bytes'])}, device peak {_gib(r['device_peak_bytes'])}, "
         f"process peak {_gib(r['host_peak_bytes'])}"
@@ -334,6 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     if (FLAGS.config is None) == (FLAGS.model is None):
         print("error: give exactly one of --config CONFIG or --model NAME (e.g. --model ViT-B_16)", file=sys.stderr)
         return 2
+    model_only = ("attention", "remat", "scan", "dtype", "accum_steps", "image_size", "num_classes")
+    misplaced = [f for f in model_only if FLAGS.config is not None and FLAGS[f].present]
+    if misplaced:
+        print(
+            f"error: --{misplaced[0]} goes with --model; with --config set the config field instead "
+            f"(e.g. --config.model.remat=full, --config.accum_steps=4)",
+            file=sys.stderr,
+        )
+        return 2
     import jax
 
     if FLAGS.cpu_devices:
@@ -342,8 +433,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if FLAGS.model:
         config = model_config(FLAGS.model, FLAGS.image_size, FLAGS.batch or 8)
-        if FLAGS.attention:
-            config.model.attention_impl = FLAGS.attention
+        for field, value in (("attention_impl", FLAGS.attention), ("remat", FLAGS.remat), ("scan", FLAGS.scan)):
+            if value is not None:
+                config.model[field] = value
+        config.model.dtype = FLAGS.dtype or "float32"
+        config.accum_steps = FLAGS.accum_steps or 1
         name, num_classes = f"{config.model_name} {FLAGS.image_size}px", FLAGS.num_classes
     else:
         config = FLAGS.config
@@ -359,6 +453,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for r in report:
         print(json.dumps(r) if FLAGS.json else format_line(r))
+    if FLAGS.profile:
+        for mode in (m for m in modes if m != "input"):
+            trace_dir = os.path.join(FLAGS.profile, mode)
+            for row in profile_step(config, num_classes, mode, FLAGS.steps, trace_dir):
+                row = dict(row, config=name, mode=mode)
+                print(
+                    json.dumps(row)
+                    if FLAGS.json
+                    else f"  {mode} op {row['op']:28s} {row['ms_per_step']:9.2f} ms/step "
+                    f"{100 * row['share']:5.1f}%  {row['calls_per_step']:7.1f} calls/step"
+                )
     sys.stdout.flush()
     return 0
 

@@ -277,6 +277,10 @@ def build(config, num_classes: int, steps: int, mesh=None) -> Program:
     mesh = mesh or parallel.make_mesh()
     data_sharding, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     kw = model_kwargs(config)
+    if jax.default_backend() == "cpu" and kw.get("remat", "none") != "none" and not kw.get("scan"):
+        # Measured (BENCHMARKS.md): XLA's CPU compiler schedules the recomputation early, so
+        # the saved activations stay live; inside a scanned loop the recomputation stays put.
+        log.warning("remat without scan saves no memory on CPU; set config.model.scan=True as well.")
     model = models.VisionTransformer(num_classes=num_classes, **kw)
     crop_hw = input_pipeline.pp_dict(config)["crop"]
     dummy = jnp.zeros((1, *crop_hw, config.pp.channels), jnp.float32)
