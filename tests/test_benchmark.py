@@ -2,11 +2,16 @@
 FLOP count agrees with a count worked out by hand from the model's matrix products."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from vit_jax import benchmark
 from vit_jax.configs import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bench_config(**model):
@@ -55,7 +60,9 @@ def test_flop_count_matches_the_hand_count_and_ignores_loops():
 def test_run_reports_every_field_for_train_and_infer():
     c = bench_config()
     c.accum_steps = 2
-    report = benchmark.run(c, name="tiny", num_classes=10, modes=["train", "infer", "input"], steps=2, warmup=1)
+    report = benchmark.run(
+        c, name="tiny", num_classes=10, modes=["train", "infer", "input"], steps=2, warmup=1, matmul_size=512
+    )
     train, infer, inp = report
     assert (train["mode"], infer["mode"], inp["mode"]) == ("train", "infer", "input")
     for r in (train, infer):
@@ -71,7 +78,20 @@ def test_run_reports_every_field_for_train_and_infer():
 
 
 def test_command_line(capsys):
-    args = ["benchmark", "--model", "ViT-Ti_16", "--image_size", "32", "--batch", "2", "--steps", "1", "--scan"]
+    args = [
+        "benchmark",
+        "--model",
+        "ViT-Ti_16",
+        "--image_size",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--scan",
+        "--matmul_size",
+        "512",
+    ]
     assert benchmark.main([*args, "--mode", "infer", "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["config"] == "ViT-Ti_16 32px" and r["mode"] == "infer" and r["batch"] == 2
@@ -90,6 +110,7 @@ def test_model_flags_with_a_config_point_to_the_config_field(capsys):
 
 def test_profile_reports_time_per_op_kind(tmp_path, capsys):
     args = ["benchmark", "--model", "ViT-Ti_16", "--image_size", "32", "--batch", "2", "--steps", "2", "--json"]
+    args += ["--matmul_size", "512"]
     assert benchmark.main([*args, "--mode", "infer", "--profile", str(tmp_path)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     ops = [r for r in rows if "op" in r]
@@ -100,7 +121,26 @@ def test_profile_reports_time_per_op_kind(tmp_path, capsys):
 
 def test_steps_zero_compiles_only_and_reports_memory(capsys):
     args = ["benchmark", "--model", "ViT-Ti_16", "--image_size", "32", "--batch", "2", "--json"]
-    assert benchmark.main([*args, "--mode", "train", "--steps", "0", "--scan", "--remat", "full"]) == 0
+    assert (
+        benchmark.main([*args, "--mode", "train", "--steps", "0", "--scan", "--remat", "full", "--matmul_size", "512"])
+        == 0
+    )
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["step_ms"] is None and r["utilisation"] is None
     assert r["compile_s"] > 0 and r["xla_memory_bytes"] > 0 and r["gflops_per_image"] > 0
+
+
+def test_benchmark_on_a_two_device_mesh():
+    """--cpu_devices 2: the step runs data-parallel on a 2-device mesh (a fresh process)."""
+    args = ["--model", "ViT-Ti_16", "--image_size", "32", "--batch", "4", "--steps", "1", "--mode", "train"]
+    args += ["--matmul_size", "512"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "vit_jax.benchmark", *args, "--cpu_devices", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 2 and r["step_ms"] > 0 and r["utilisation"] > 0

@@ -48,6 +48,9 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.", flag_value
 flags.DEFINE_enum("mode", "both", ["train", "infer", "both", "input"], "What to time.", flag_values=FLAGS)
 flags.DEFINE_bool("json", False, "Print one JSON object per mode.", flag_values=FLAGS)
 flags.DEFINE_integer(
+    "matmul_size", 4096, "Side of the square matmuls that measure the machine's rate.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
     "cpu_devices", None, "Number of CPU devices (jax_num_cpu_devices); set before JAX starts.", flag_values=FLAGS
 )
 flags.DEFINE_string(
@@ -330,7 +333,9 @@ def num_classes_of(config) -> int:
         return 1000
 
 
-def run(config, *, name: str, num_classes: int, modes: list[str], steps: int = 10, warmup: int = 2):
+def run(
+    config, *, name: str, num_classes: int, modes: list[str], steps: int = 10, warmup: int = 2, matmul_size: int = 4096
+):
     """One report dict per mode; see the module docstring for the fields."""
     import jax
     import jax.numpy as jnp
@@ -343,7 +348,8 @@ def run(config, *, name: str, num_classes: int, modes: list[str], steps: int = 1
     timed = any(m != "input" for m in modes) and steps > 0
     # The limit is the best matmul rate seen before and after the steps (the rate drifts).
     mesh = parallel.make_mesh()  # the mesh train.build uses
-    rates_before = [matmul_rate(dt, mesh=mesh) for dt in (jnp.float32, jnp.bfloat16)] if timed else [0.0, 0.0]
+    n = matmul_size
+    rates_before = [matmul_rate(dt, n, mesh=mesh) for dt in (jnp.float32, jnp.bfloat16)] if timed else [0.0, 0.0]
     results = []
     for mode in modes:
         if mode == "input":
@@ -354,8 +360,8 @@ def run(config, *, name: str, num_classes: int, modes: list[str], steps: int = 1
         results.append(r)
     report = []
     if any(r["mode"] != "input" for r in results):
-        rate_f32 = max(rates_before[0], matmul_rate(jnp.float32, mesh=mesh))
-        rate_bf16 = max(rates_before[1], matmul_rate(jnp.bfloat16, mesh=mesh))
+        rate_f32 = max(rates_before[0], matmul_rate(jnp.float32, n, mesh=mesh))
+        rate_bf16 = max(rates_before[1], matmul_rate(jnp.bfloat16, n, mesh=mesh))
     for r in results:
         r = dict(r, config=name, backend=jax.default_backend())
         r.pop("mesh", None)
@@ -447,7 +453,15 @@ def main(argv: list[str] | None = None) -> int:
         name, num_classes = FLAGS["config"].config_filename, num_classes_of(FLAGS.config)
     modes = ["infer", "train"] if FLAGS.mode == "both" else [FLAGS.mode]
     try:
-        report = run(config, name=name, num_classes=num_classes, modes=modes, steps=FLAGS.steps, warmup=FLAGS.warmup)
+        report = run(
+            config,
+            name=name,
+            num_classes=num_classes,
+            modes=modes,
+            steps=FLAGS.steps,
+            warmup=FLAGS.warmup,
+            matmul_size=FLAGS.matmul_size,
+        )
     except (train.ConfigError, input_pipeline.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
