@@ -57,6 +57,20 @@ def read_metrics(workdir):
         return [json.loads(line) for line in f]
 
 
+def test_tensorboard_events_are_written_without_importing_tensorflow(tmp_path):
+    code = (
+        "import sys; from vit_jax import metrics; w = metrics.MetricWriter(sys.argv[1]); "
+        "w.write('eval', 7, {'accuracy': 0.5}); w.close(); print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("eval/accuracy")] == [(7, 0.5)]
+
+
 def test_training_reduces_the_loss_and_writes_its_outputs(tmp_path):
     result = train.train_and_evaluate(tiny_run_config(total_steps=100), str(tmp_path))
     records = read_metrics(tmp_path)

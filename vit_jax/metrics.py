@@ -1,13 +1,25 @@
 """Run metrics: a console line, `metrics.jsonl` and TensorBoard event files.
 
 Only process 0 writes. TensorBoard events are written with the protos bundled in
-the `tensorboard` package, so logging never imports TensorFlow.
+the `tensorboard` package and its file layer without TensorFlow: when TensorFlow is
+installed (TFDS needs it), tensorboard would otherwise import it for its file I/O, which
+costs several seconds at every start.
 """
 
 import json
 import os
+import sys
 import time
+import types
 from typing import Any
+
+
+def _tensorboard_without_tensorflow() -> None:
+    # tensorboard.compat picks its `tf` module lazily: TensorFlow if importable, unless a
+    # module named tensorboard.compat.notf exists, in which case its own stub (enough for
+    # writing local event files). Nothing to do when TensorFlow is already loaded.
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 
 class MetricWriter:
@@ -18,6 +30,7 @@ class MetricWriter:
         if enabled:
             os.makedirs(workdir, exist_ok=True)
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            _tensorboard_without_tensorflow()
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
             self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
