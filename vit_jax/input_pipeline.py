@@ -243,7 +243,47 @@ def storage_size(config) -> tuple[int, int]:
 
 
 def get_source(config, split: str):
-    """The source of `split` ('train' or 'test') for `config.dataset`."""
+    """The source of `split` ('train' or 'test') for `config.dataset`.
+
+    With `config.train_examples` set, the training split is cut to that many examples
+    (`balanced_subset`); the test split is always whole.
+    """
+    source = _get_source(config, split)
+    n = config.get("train_examples")
+    if split != "train" or n is None:
+        return source
+    if not isinstance(source, ArraySource):
+        raise DataError(
+            f"config.train_examples={n} needs a dataset held in memory (a directory or digits); for a "
+            f"TFDS dataset slice the split instead, e.g. --config.train_split='train[:{n}]'."
+        )
+    if not 0 < n <= len(source):
+        raise DataError(
+            f"config.train_examples={n}: the training split of {source.name} has {len(source)} examples; "
+            f"use a number from 1 to {len(source)}."
+        )
+    idx = balanced_subset(source.labels, n, config.get("train_subset_seed", 0))
+    return dataclasses.replace(source, images=source.images[idx], labels=source.labels[idx])
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of `n` examples with the classes as even as the data allows, sorted.
+
+    Each class's examples are shuffled (by `seed`); the subset takes them round-robin
+    over the classes (the first of every class, then the second, ...), so the class
+    counts differ by at most one unless a class runs out. Nested: a smaller subset
+    with the same seed is contained in a larger one.
+    """
+    rng = np.random.default_rng(seed)
+    rank = np.empty(len(labels), np.int64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        rank[rng.permutation(members)] = np.arange(len(members))
+    order = np.lexsort((labels, rank))  # by rank within the class, then by class
+    return np.sort(order[:n])
+
+
+def _get_source(config, split: str):
     name = config.dataset
     split_name = config.get(f"{split}_split", split)
     if name == "digits":

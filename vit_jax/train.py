@@ -57,6 +57,12 @@ def model_kwargs(config) -> dict[str, Any]:
             base[key] = sub
         elif value is not None:
             base[key] = value
+    resnet = base.get("resnet")
+    if resnet is not None and resnet.get("num_layers") is None:
+        del base["resnet"]  # only width_factor or nothing set: a pure ViT
+    elif resnet is not None:
+        resnet.setdefault("width_factor", 1)
+        resnet["num_layers"] = tuple(resnet["num_layers"])
     base["dtype"] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[base.get("dtype", "float32")]
     return base
 

@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.pp.area_min = 0.05  # Inception crop: 5% to 100% of the area; 1.0 = no crop
     c.pp.flip = True
     c.pp.channels = 3  # 1-channel data is repeated to 3 for RGB models
+    # Train on a fixed class-balanced subset of this many examples (data-size ablations);
+    # the subset depends on `train_subset_seed`, not on `seed`, so every run sees the same one.
+    c.train_examples = config_dict.placeholder(int)
+    c.train_subset_seed = 0
 
     # Model: a registered name (vit_jax.configs.models), then any field in `model`
     # that is set overrides it. Without a name, `model` must define the whole model.
@@ -39,6 +43,11 @@ def get_config() -> ml_collections.ConfigDict:
         c.model.transformer[field] = config_dict.placeholder(float)
     c.model.classifier = config_dict.placeholder(str)
     c.model.representation_size = config_dict.placeholder(int)
+    # Hybrid: a ResNet stem (root, then bottleneck stages of these sizes; () = root only,
+    # stride 4) feeds the encoder. Unset num_layers = a pure ViT, unless model_name is a hybrid.
+    c.model.resnet = ml_collections.ConfigDict(
+        {"num_layers": config_dict.placeholder(tuple), "width_factor": config_dict.placeholder(float)}
+    )
     c.model.posemb = config_dict.placeholder(str)
     c.model.droppath_rate = config_dict.placeholder(float)
     c.model.remat = config_dict.placeholder(str)

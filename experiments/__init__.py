@@ -1,0 +1,1 @@
+"""Ablation experiments: each module is one command (python -m experiments.NAME)."""

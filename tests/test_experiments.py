@@ -1,0 +1,193 @@
+"""The ablation driver (experiments/sweep.py) and every experiment's quick mode on digits.
+
+The quick runs are real training runs (`python -m vit_jax.main` subprocesses) cut to a
+few steps: what is checked is the plumbing (grid, skip on re-run, summaries, files),
+not the accuracies, which the committed full results record.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import sweep as sw
+from vit_jax import input_pipeline, train
+from vit_jax.configs import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_balanced_subset_by_hand():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2])
+    for n in range(1, len(labels) + 1):
+        idx = input_pipeline.balanced_subset(labels, n, seed=3)
+        assert len(idx) == n and len(set(idx)) == n and list(idx) == sorted(idx)
+        counts = np.bincount(labels[idx], minlength=3)
+        # Round-robin over classes: the counts stay within one of each other until class 1
+        # (two examples) runs out, after which the other two share the rest.
+        expected = {3: [1, 1, 1], 6: [2, 2, 2], 8: [3, 2, 3], 12: [4, 2, 6]}
+        if n in expected:
+            assert counts.tolist() == expected[n]
+    small = set(input_pipeline.balanced_subset(labels, 5, seed=3))
+    assert small <= set(input_pipeline.balanced_subset(labels, 9, seed=3))  # nested
+    assert set(input_pipeline.balanced_subset(labels, 12, seed=3)) == set(range(12))
+
+
+def test_train_examples_cuts_only_the_training_split():
+    c = common.get_config()
+    c.dataset = "digits"
+    c.train_examples = 100
+    train_src = input_pipeline.get_source(c, "train")
+    assert len(train_src) == 100
+    assert np.bincount(train_src.labels, minlength=10).tolist() == [10] * 10
+    assert len(input_pipeline.get_source(c, "test")) == 359
+    c.train_examples = 5000
+    with pytest.raises(input_pipeline.DataError, match="has 1438 examples"):
+        input_pipeline.get_source(c, "train")
+
+
+def test_hybrid_fields_in_the_config():
+    c = common.get_config()
+    common.small_vit(c, hidden=32, mlp=64, heads=4, layers=2, patch=2)
+    assert "resnet" not in train.model_kwargs(c)  # unset: a pure ViT, as before
+    c.model.resnet.num_layers = ()
+    c.model.patches.size = (1, 1)
+    assert train.model_kwargs(c)["resnet"] == {"num_layers": (), "width_factor": 1}
+
+
+def test_values_keys_and_statistics():
+    assert sw.format_value((1, 1)) == "(1,1,)" and sw.format_value(()) == "()" and sw.format_value(3e-4) == "0.0003"
+    assert sw.cell_key({"model.classifier": "gap", "lr.base": 0.001}) == "model.classifier=gap,lr.base=0.001"
+    mean, std = sw.mean_std([0.80, 0.90, 0.85])
+    assert mean == pytest.approx(0.85) and std == pytest.approx(0.05)  # sqrt((0.0025 + 0.0025 + 0) / 2)
+    assert math.isnan(sw.mean_std([0.7])[1])
+    assert sw.pct({"mean": 0.85, "std": 0.05, "n": 3}) == "85.00 ± 5.00 (3)"
+    argv = ["--dataset", "d", "--jobs", "2", "--max_runs=3", "--report_only", "--set", "a=1"]
+    assert sw.command_line("experiments.x", argv) == "python -m experiments.x --dataset d --set a=1"
+
+
+def test_sweep_layout_and_records(tmp_path):
+    cfg, cells = "configs/ablation.py:digits", [{"lr.base": 0.1}, {"lr.base": 0.2}]
+    a = sw.Sweep("x", cfg, cells, [0, 1], {"dataset": "digits"}, str(tmp_path))
+    b = sw.Sweep("x", cfg, cells, [0, 1], {"dataset": "digits", "total_steps": 9}, str(tmp_path))
+    assert a.directory != b.directory  # another setting never resumes this one's checkpoints
+    runs = a.runs()
+    assert [(r.cell, r.seed) for r in runs] == [
+        ("lr.base=0.1", 0),
+        ("lr.base=0.2", 0),
+        ("lr.base=0.1", 1),
+        ("lr.base=0.2", 1),
+    ]
+    assert runs[0].args(a.config, list(a.common.items()))[-3:] == [
+        "--config.dataset=digits",
+        "--config.lr.base=0.1",
+        "--config.seed=0",
+    ]
+    assert sw.read_record(runs[0], a) is None
+    os.makedirs(runs[0].workdir)
+    with open(os.path.join(runs[0].workdir, sw.RECORD), "w") as f:
+        json.dump({"setting": a.setting, "overrides": {"lr.base": "0.2"}, "seed": 0}, f)
+    with pytest.raises(sw.SweepError, match="records a different run"):
+        sw.read_record(runs[0], a)
+    with open(os.path.join(runs[0].workdir, sw.RECORD), "w") as f:
+        f.write('{"setting": ')  # cut short by a kill: run again
+    assert sw.read_record(runs[0], a) is None
+
+
+# ----------------------------------------------------------------------------- quick mode
+
+
+def experiment(name, tmp_path, *args):
+    cmd = [sys.executable, "-m", f"experiments.{name}", "--dataset", "digits", "--quick", "--root", str(tmp_path)]
+    cmd += ["--set", "total_steps=20", "--set", "checkpoint_every=10", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def results(tmp_path, name):
+    out = tmp_path / f"{name}-quick"
+    with open(out / "results.json") as f:
+        data = json.load(f)
+    readme = (out / "README.md").read_text()
+    return data, readme, out
+
+
+def test_cls_vs_gap_quick_resumes_over_sittings_then_attention_distance(tmp_path):
+    first = experiment("cls_vs_gap", tmp_path, "--max_runs", "2")  # a first sitting: 2 of the 4 runs
+    assert first.returncode == 0, first.stdout + first.stderr
+    data, readme, _ = results(tmp_path, "cls_vs_gap")
+    assert len(data["runs"]) == 2 and "Runs finished: 2 of 4" in readme
+
+    second = experiment("cls_vs_gap", tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "2 of 4 runs already finished, skipped" in second.stdout
+    data, readme, out = results(tmp_path, "cls_vs_gap")
+    assert len(data["runs"]) == 4 and "Runs finished: 4 of 4" in readme
+    assert {(r["overrides"]["model.classifier"], r["overrides"]["lr.base"]) for r in data["runs"]} == {
+        ("token", "0.001"),
+        ("token", "0.003"),
+        ("gap", "0.001"),
+        ("gap", "0.003"),
+    }
+    for r in data["runs"]:
+        assert r["count"] == 359 and 0.0 <= r["accuracy"] <= 1.0  # every test digit, once
+        assert os.path.exists(os.path.join(r["workdir"], "model.npz"))
+        with open(os.path.join(r["workdir"], "config.json")) as f:
+            resolved = json.load(f)
+        assert resolved["total_steps"] == 20 and resolved["model"]["classifier"] == r["overrides"]["model.classifier"]
+    assert "| token |" in readme and "| gap |" in readme and (out / "accuracy_vs_lr.png").stat().st_size > 0
+
+    third = experiment("cls_vs_gap", tmp_path)
+    assert "4 of 4 runs already finished" in third.stdout and third.returncode == 0
+
+    attn = experiment("attention_distance", tmp_path, "--num_images", "32")
+    assert attn.returncode == 0, attn.stdout + attn.stderr
+    data, readme, out = results(tmp_path, "attention_distance")
+    for head in ("token", "gap"):
+        d = np.asarray(data["models"][head]["distances"])
+        assert d.shape == (1, 4, 4)  # seeds, blocks, heads
+        # Between the nearest possible (0, only itself) and the farthest pair on the 4x4 grid
+        # of 2-pixel tokens (corner to corner: 2 * sqrt(18) px).
+        assert (d > 0).all() and (d < 2 * math.sqrt(18)).all()
+        assert data["models"][head]["uniform"] == pytest.approx(4.0166, abs=1e-3)
+    assert (out / "attention_distance.png").stat().st_size > 0
+
+
+def test_attention_distance_needs_the_cls_vs_gap_runs(tmp_path):
+    proc = experiment("attention_distance", tmp_path)
+    assert proc.returncode == 2
+    assert "No finished cls_vs_gap run" in proc.stderr and "python -m experiments.cls_vs_gap" in proc.stderr
+
+
+def test_posemb_quick(tmp_path):
+    proc = experiment("posemb", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data, readme, out = results(tmp_path, "posemb")
+    assert sorted(r["overrides"]["model.posemb"] for r in data["runs"]) == ["learn", "none", "relative"]
+    assert "| none | `none` |" in readme and "61.4" in readme and (out / "posemb.png").stat().st_size > 0
+
+
+def test_data_size_quick_and_a_failing_run(tmp_path):
+    proc = experiment("data_size", tmp_path, "--sizes", "100,5000")  # digits has 1,438: 5000 fails
+    assert proc.returncode == 1
+    assert "2 runs failed" in proc.stderr and "train_examples=5000" in proc.stderr
+    assert "has 1438 examples" in proc.stdout  # the run's own message, from its log
+    data, readme, out = results(tmp_path, "data_size")
+    assert sorted((sw_model(r), r["overrides"]["train_examples"]) for r in data["runs"]) == [
+        ("ViT", "100"),
+        ("hybrid", "100"),
+    ]
+    assert "Runs finished: 2 of 4" in readme and (out / "accuracy_vs_data.png").stat().st_size > 0
+    hybrid = [r for r in data["runs"] if sw_model(r) == "hybrid"][0]
+    with open(os.path.join(hybrid["workdir"], "run.json")) as f:
+        assert json.load(f)["model"]["resnet"] == {"num_layers": [], "width_factor": 0.5}
+
+
+def sw_model(record):
+    return "hybrid" if "model.resnet.num_layers" in record["overrides"] else "ViT"
