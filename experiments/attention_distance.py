@@ -74,12 +74,7 @@ def _label(head: str) -> str:
 
 
 def _plot(models: dict[str, dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), sharey=True, squeeze=False)
+    fig, axes = sw.pyplot().subplots(1, len(models), figsize=(4.2 * len(models), 3.8), sharey=True, squeeze=False)
     for ax, (head, m) in zip(axes[0], models.items(), strict=True):
         d = m["distances"]  # (seeds, blocks, heads)
         seeds, blocks, nheads = d.shape
@@ -95,9 +90,7 @@ def _plot(models: dict[str, dict], path: str) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("Mean attention distance (pixels)")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    sw.save_figure(fig, path)
 
 
 def main(argv=None) -> int:

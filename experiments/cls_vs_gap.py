@@ -11,7 +11,6 @@ head's accuracy at every rate and its best rate; the plot is accuracy against ra
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -62,29 +61,11 @@ def report(records, outdir: str) -> sw.Report:
 
 
 def _plot(cell, rates, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for head, marker in zip(HEADS, "os", strict=True):
-        xs = [lr for lr in rates if (head, lr) in cell]
-        if not xs:
-            continue
-        ys = [100 * cell[(head, lr)]["mean"] for lr in xs]
-        es = [0.0 if math.isnan(cell[(head, lr)]["std"]) else 100 * cell[(head, lr)]["std"] for lr in xs]
-        label = "cls token" if head == "token" else "GAP"
-        ax.errorbar(xs, ys, yerr=es, marker=marker, capsize=3, label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("cls token vs GAP head")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    series = {
+        ("cls token" if head == "token" else "GAP"): [(lr, cell[(head, lr)]) for lr in rates if (head, lr) in cell]
+        for head in HEADS
+    }
+    sw.accuracy_plot(series, path, xlabel="learning rate", title="cls token vs GAP head")
 
 
 def describe(sweep: sw.Sweep, args) -> str:

@@ -15,7 +15,6 @@ the convolution's inductive bias wins; the advantage shrinks as the data grows.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -79,28 +78,8 @@ def report(records, outdir: str) -> sw.Report:
 
 
 def _plot(table, sizes, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for model, marker in zip(MODELS, "os", strict=True):
-        xs = [n for n in sizes if (model, n) in table]
-        if not xs:
-            continue
-        ys = [100 * table[(model, n)]["mean"] for n in xs]
-        es = [0.0 if math.isnan(table[(model, n)]["std"]) else 100 * table[(model, n)]["std"] for n in xs]
-        ax.errorbar(xs, ys, yerr=es, marker=marker, capsize=3, label=model)
-    ax.set_xscale("log")
-    ax.set_xlabel("training examples")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy against data size")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    series = {model: [(n, table[(model, n)]) for n in sizes if (model, n) in table] for model in MODELS}
+    sw.accuracy_plot(series, path, xlabel="training examples", title="Accuracy against data size")
 
 
 def describe(sweep: sw.Sweep, args) -> str:

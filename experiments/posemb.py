@@ -10,7 +10,6 @@ than none and the kinds nearly equal; its numbers stand beside ours in the table
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -64,14 +63,9 @@ def report(records, outdir: str) -> sw.Report:
 
 
 def _plot(stats, kinds, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = sw.pyplot().subplots(figsize=(5.5, 3.6))
     means = [100 * stats[k]["mean"] for k in kinds]
-    errs = [0.0 if math.isnan(stats[k]["std"]) else 100 * stats[k]["std"] for k in kinds]
+    errs = [sw.std_pct(stats[k]) for k in kinds]
     ax.bar(range(len(kinds)), means, yerr=errs, capsize=4, color=["#999999"] + ["#4477aa"] * (len(kinds) - 1))
     ax.set_xticks(range(len(kinds)), [LABELS[k] for k in kinds], rotation=20, ha="right")
     lo = min(m - e for m, e in zip(means, errs, strict=True))
@@ -81,9 +75,7 @@ def _plot(stats, kinds, path: str) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Position embeddings")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    sw.save_figure(fig, path)
 
 
 def describe(sweep: sw.Sweep, args) -> str:

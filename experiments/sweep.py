@@ -291,6 +291,53 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {cpu} CPU, {platform.system()}, Python {platform.python_version()}"
 
 
+# ----------------------------------------------------------------------------- plots
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def std_pct(stats: dict[str, Any]) -> float:
+    """The standard deviation in percent, 0 where one seed leaves it undefined (an error bar of nothing)."""
+    return 0.0 if math.isnan(stats["std"]) else 100 * stats["std"]
+
+
+def save_figure(fig, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+
+
+def accuracy_plot(series: dict[str, list[tuple[float, dict[str, Any]]]], path: str, *, xlabel: str, title: str) -> None:
+    """Accuracy (mean, error bar one standard deviation) against a log-scaled x, one line per series."""
+    fig, ax = pyplot().subplots(figsize=(5, 3.6))
+    for (label, points), marker in zip(series.items(), "osd^v<>", strict=False):
+        if not points:
+            continue
+        ax.errorbar(
+            [x for x, _ in points],
+            [100 * s["mean"] for _, s in points],
+            yerr=[std_pct(s) for _, s in points],
+            marker=marker,
+            capsize=3,
+            label=label,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
 @dataclasses.dataclass
 class Report:
     """What an experiment writes: its table (markdown), and the plot it drew."""
