@@ -323,16 +323,37 @@ def global_batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray
     return out
 
 
-def train_batches(
-    source, *, batch: int, seed: int, start_step: int = 0, process_index: int = 0, process_count: int = 1
-) -> Iterator[dict[str, np.ndarray]]:
-    """This process's rows of every global training batch, from `start_step` on."""
+def _row_range(batch: int, process_index: int, process_count: int, rows) -> tuple[int, int]:
+    if rows is not None:
+        return int(rows[0]), int(rows[1])
     local = batch // process_count
+    return process_index * local, (process_index + 1) * local
+
+
+def train_batches(
+    source,
+    *,
+    batch: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    rows: tuple[int, int] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of every global training batch, from `start_step` on.
+
+    `rows` = [start, stop) of the global batch this process's devices hold (from the
+    batch sharding); by default the process_index-th of process_count equal slices. The
+    global batch of a step is the same whatever the process count, so a run resumed with
+    another count continues the same stream.
+    """
+    start_row, stop_row = _row_range(batch, process_index, process_count, rows)
+    local = stop_row - start_row
     if isinstance(source, ArraySource):
         step = start_step
         while True:
             idx = global_batch_indices(seed, step, len(source), batch)
-            idx = idx[process_index * local : (process_index + 1) * local]
+            idx = idx[start_row:stop_row]
             yield {"image": source.images[idx], "label": source.labels[idx]}
             step += 1
     else:
@@ -345,18 +366,22 @@ def train_batches(
             yield {"image": ex["image"], "label": ex["label"].astype(np.int32)}
 
 
-def eval_batches(source, *, batch: int, process_index: int = 0, process_count: int = 1):
+def eval_batches(
+    source, *, batch: int, process_index: int = 0, process_count: int = 1, rows: tuple[int, int] | None = None
+):
     """Every example of the split exactly once, in padded batches with a `mask`.
 
     The last batch is padded (mask 0) rather than dropped; every process yields the
-    same number of batches so collective steps line up.
+    same number of batches so collective steps line up. Each process reads only its
+    rows (see train_batches), so across processes every example is counted once.
     """
-    local = batch // process_count
+    start_row, stop_row = _row_range(batch, process_index, process_count, rows)
+    local = stop_row - start_row
     if isinstance(source, ArraySource):
         n = len(source)
         num_batches = max(math.ceil(n / batch), 1)
         for b in range(num_batches):
-            idx = np.arange(b * batch, (b + 1) * batch)[process_index * local : (process_index + 1) * local]
+            idx = np.arange(b * batch, (b + 1) * batch)[start_row:stop_row]
             valid = idx < n
             idx = np.where(valid, idx, 0)
             yield {"image": source.images[idx], "label": source.labels[idx], "mask": valid.astype(np.float32)}

@@ -2,6 +2,11 @@
 
     python -m vit_jax.main --config configs/vit_b16.py [--workdir DIR] [--config.FIELD=VALUE ...]
 
+Several processes (hosts, or one per GPU) run the same command; each gets
+--coordinator_address HOST:PORT --num_processes N --process_id I, or the same from
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID. Under SLURM, Open MPI
+or on a Cloud TPU VM they are found from the environment, as jax.distributed does.
+
 `--config file.py:ARG` passes ARG to the file's get_config (config families).
 Without --workdir the run goes to runs/<config name>[_<arg>]. Running the same
 command again resumes from the latest checkpoint in the workdir.
@@ -19,6 +24,10 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: a file defining get_config().", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go (default: runs/<config name>).")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for a multi-process run.")
+flags.DEFINE_integer("num_processes", None, "How many processes the run has.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0 to num_processes - 1.")
+flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for every process to arrive.")
 
 log = logging.getLogger("vit_jax")
 
@@ -71,9 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from vit_jax import checkpoint, input_pipeline, train  # heavy imports after the flags are checked
+    from vit_jax import checkpoint, input_pipeline, parallel, train  # heavy imports after the flags are checked
 
-    user_errors = (train.ConfigError, input_pipeline.DataError, checkpoint.CheckpointError)
+    user_errors = (train.ConfigError, input_pipeline.DataError, checkpoint.CheckpointError, parallel.ParallelError)
+    try:
+        cluster = parallel.cluster_from(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        parallel.initialize(cluster, FLAGS.initialization_timeout)
+    except parallel.ParallelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import jax
+
+    if jax.process_index() != 0:  # one log for the run: process 0's (the others still report problems)
+        logging.getLogger("vit_jax").setLevel(logging.WARNING)
+    log.info("Devices: %s.", parallel.describe())
     try:
         train.validate(config)
         train.check_files(config)

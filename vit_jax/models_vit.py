@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import models_resnet
+from vit_jax import models_resnet, parallel
 
 Array = Any
 Dtype = Any
@@ -338,7 +338,7 @@ class Encoder1DBlock(nn.Module):
             name="MlpBlock_0",
             **kw,
         )(y)
-        out = x + branch(y)
+        out = parallel.constrain_batch(x + branch(y))
         return out, ((weights, out) if self.return_intermediates else None)
 
 
@@ -377,6 +377,7 @@ class Encoder(nn.Module):
             pe = posemb_sincos_2d(gh, gw, x.shape[-1])[None]
             x = _add_to_patches(x, jnp.asarray(pe, x.dtype), self.num_prefix_tokens)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+        x = parallel.constrain_batch(x)
 
         block_kw = dict(
             mlp_dim=self.mlp_dim,

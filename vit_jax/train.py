@@ -119,14 +119,21 @@ def validate(config, num_devices: int | None = None) -> None:
         raise ConfigError(f"config.lr.decay={config.lr.decay!r}: choose one of {', '.join(DECAYS)}.")
     if config.accum_steps < 1:
         raise ConfigError(f"config.accum_steps={config.accum_steps}: use 1 or more.")
-    if config.batch <= 0 or config.batch % (num_devices * config.accum_steps):
+    try:
+        names, sizes = parallel.mesh_shape(config.get("mesh", (("data", -1),)), num_devices)
+        parallel.sharding_rules(config)
+    except parallel.ParallelError as e:
+        raise ConfigError(str(e)) from None
+    split = math.prod(n for a, n in zip(names, sizes, strict=True) if a in parallel.BATCH_AXES)
+    what = "device count" if split == num_devices else f"devices the batch is split over ({', '.join(names)})"
+    if config.batch <= 0 or config.batch % (split * config.accum_steps):
         raise ConfigError(
-            f"config.batch={config.batch} is not divisible by the device count ({num_devices}) times "
-            f"config.accum_steps ({config.accum_steps}); use a multiple of {num_devices * config.accum_steps}."
+            f"config.batch={config.batch} is not divisible by the {what} ({split}) times "
+            f"config.accum_steps ({config.accum_steps}); use a multiple of {split * config.accum_steps}."
         )
     eval_batch = config.get("eval_batch") or config.batch
-    if eval_batch % num_devices:
-        raise ConfigError(f"config.eval_batch={eval_batch} is not divisible by the device count ({num_devices}).")
+    if eval_batch % split:
+        raise ConfigError(f"config.eval_batch={eval_batch} is not divisible by the {what} ({split}).")
     for field in ("progress_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         if config[field] <= 0:
             raise ConfigError(f"config.{field}={config[field]}: use a positive number.")
@@ -192,12 +199,13 @@ def cross_entropy(logits, labels, num_classes: int, smoothing: float = 0.0):
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def make_train_step(model, tx, schedule, config, num_classes: int):
+def make_train_step(model, tx, schedule, config, num_classes: int, batch_sharding=None):
     """step(state, batch, base_rng) -> (state, metrics); pure, for jax.jit.
 
     The batch is split into `accum_steps` micro-batches (interleaved rows, so each
     spans every device), each with its own dropout and augmentation keys; gradients
-    are averaged before one optimizer update.
+    are averaged before one optimizer update. With `batch_sharding`, the model's
+    activations are kept split like the batch (see parallel.split_activations_like).
     """
     pp = input_pipeline.pp_dict(config)
     accum = int(config.accum_steps)
@@ -208,7 +216,8 @@ def make_train_step(model, tx, schedule, config, num_classes: int):
         x = input_pipeline.preprocess_train(images, k_aug, pp)
 
         def loss_fn(p):
-            logits = model.apply({"params": p}, x, train=True, rngs={"dropout": k_drop})
+            with parallel.split_activations_like(batch_sharding):
+                logits = model.apply({"params": p}, x, train=True, rngs={"dropout": k_drop})
             return cross_entropy(logits, labels, num_classes, smoothing).mean()
 
         return jax.value_and_grad(loss_fn)(params)
@@ -244,12 +253,13 @@ def make_train_step(model, tx, schedule, config, num_classes: int):
     return step
 
 
-def make_eval_step(model, config, num_classes: int):
+def make_eval_step(model, config, num_classes: int, batch_sharding=None):
     pp = input_pipeline.pp_dict(config)
 
     def step(params, batch):
         x = input_pipeline.preprocess_eval(batch["image"], pp)
-        logits = model.apply({"params": params}, x, train=False)
+        with parallel.split_activations_like(batch_sharding):
+            logits = model.apply({"params": params}, x, train=False)
         loss = cross_entropy(logits, batch["label"], num_classes)
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         m = batch["mask"]
@@ -273,6 +283,7 @@ class Program:
     mesh: Any
     data_sharding: Any
     replicated: Any
+    state_shardings: Any  # the train state's NamedShardings (config.sharding over config.mesh)
     input_shape: tuple[int, ...]  # one model input (H, W, C), after preprocessing
     init_state: Any  # rng -> state (replicated)
     train_step: Any  # (state, batch, base_rng) -> (state, metrics); state donated
@@ -280,7 +291,7 @@ class Program:
 
 
 def build(config, num_classes: int, steps: int, mesh=None) -> Program:
-    mesh = mesh or parallel.make_mesh()
+    mesh = mesh or parallel.make_mesh(config.get("mesh", (("data", -1),)))
     data_sharding, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     kw = model_kwargs(config)
     if jax.default_backend() == "cpu" and kw.get("remat", "none") != "none" and not kw.get("scan"):
@@ -296,6 +307,10 @@ def build(config, num_classes: int, steps: int, mesh=None) -> Program:
         params = model.init(rng, dummy, train=False)["params"]
         return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
+    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    rules = parallel.sharding_rules(config)
+    state_sh = parallel.tree_shardings(abstract, mesh, rules, int(config.get("fsdp_min_size", 2**14)))
+
     return Program(
         model=model,
         model_kw=kw,
@@ -304,15 +319,18 @@ def build(config, num_classes: int, steps: int, mesh=None) -> Program:
         mesh=mesh,
         data_sharding=data_sharding,
         replicated=repl,
+        state_shardings=state_sh,
         input_shape=(*crop_hw, config.pp.channels),
-        init_state=jax.jit(init_state, out_shardings=repl),
+        init_state=jax.jit(init_state, out_shardings=state_sh),
         train_step=jax.jit(
-            make_train_step(model, tx, schedule, config, num_classes),
-            in_shardings=(repl, data_sharding, repl),
-            out_shardings=(repl, repl),
+            make_train_step(model, tx, schedule, config, num_classes, data_sharding),
+            in_shardings=(state_sh, data_sharding, repl),
+            out_shardings=(state_sh, repl),
             donate_argnums=(0,),
         ),
-        eval_step=jax.jit(make_eval_step(model, config, num_classes), in_shardings=(repl, data_sharding)),
+        eval_step=jax.jit(
+            make_eval_step(model, config, num_classes, data_sharding), in_shardings=(state_sh["params"], data_sharding)
+        ),
     )
 
 
@@ -321,7 +339,11 @@ def evaluate(eval_step, params, source, config, sharding) -> dict[str, float]:
     totals = None
     batch_size = config.get("eval_batch") or config.batch
     for local in input_pipeline.eval_batches(
-        source, batch=batch_size, process_index=jax.process_index(), process_count=jax.process_count()
+        source,
+        batch=batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        rows=parallel.local_rows(sharding, batch_size),
     ):
         out = eval_step(params, parallel.global_batch(local, sharding))
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
@@ -343,10 +365,23 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
 
 
 def save_checkpoint(mngr, state, meta: dict) -> None:
-    """Asynchronous save of a host snapshot (the live buffers are donated to the next step)."""
+    """Asynchronous save of a snapshot: the live buffers are donated to the next step.
+
+    One process holding the whole state snapshots it to host memory; a state split across
+    processes is copied on the devices (new buffers, same shardings) and Orbax writes each
+    process's shards.
+    """
     step = int(meta["step"])
-    snapshot = jax.device_get(state)
+    if all(a.is_fully_addressable for a in jax.tree.leaves(state)):
+        snapshot = jax.device_get(state)
+    else:
+        snapshot = _device_copy(state)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(snapshot), meta=ocp.args.JsonSave(meta)))
+
+
+@jax.jit
+def _device_copy(tree):
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
 
 
 def restore_checkpoint(mngr, state) -> tuple[Any, dict] | None:
@@ -400,6 +435,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     kw, repl, data_sharding, tx = prog.model_kw, prog.replicated, prog.data_sharding, prog.tx
     train_step, eval_step = prog.train_step, prog.eval_step
     state = prog.init_state(jax.random.PRNGKey(config.seed))
+    summary = parallel.sharding_summary(state["params"], prog.state_shardings["params"])
+    log.info(
+        "Mesh %s; parameters %.1f MB, %.1f MB per device (config.sharding=%s).",
+        dict(prog.mesh.shape),
+        summary["bytes"] / 1e6,
+        summary["bytes_per_device"] / 1e6,
+        config.get("sharding", "replicate"),
+    )
+    if is_main:  # what is split how: one line per parameter
+        with open(os.path.join(workdir, "sharding.json"), "w") as f:
+            json.dump({"mesh": dict(prog.mesh.shape), **summary}, f, indent=1)
     mngr = checkpoint_manager(workdir, config)
     try:
         restored = restore_checkpoint(mngr, state)
@@ -411,13 +457,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             grid = models.grid_shape(kw, prog.input_shape[:2])
             params = checkpoint.load_pretrained(
                 pretrained_path=path,
-                init_params=jax.device_get(state["params"]),
+                init_params=parallel.to_host(state["params"]),
                 model_config=kw,
                 new_grid_shape=grid,
             )
-            state = dict(
-                state, params=jax.device_put(params, repl), opt_state=jax.jit(tx.init, out_shardings=repl)(params)
-            )
+            sh = prog.state_shardings
+            params = jax.device_put(params, sh["params"])
+            state = dict(state, params=params, opt_state=jax.jit(tx.init, out_shardings=sh["opt_state"])(params))
             log.info("Initialised from pretrained %s.", path)
 
         base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), repl)
@@ -430,6 +476,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             start_step=start,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+            rows=parallel.local_rows(data_sharding, config.batch),
         )
         pending, t_last, step_last = [], time.perf_counter(), start
         t_start = t_last
@@ -476,8 +523,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log.info("final eval step %d | accuracy %.4f | loss %.4f | %d examples", steps, *result.values())
         writer.write("eval", steps, result)
         writer.close()
+        final_params = parallel.to_host(state["params"])  # a collective: every process takes part
         if is_main:
-            checkpoint.save(jax.device_get(state["params"]), os.path.join(workdir, "model.npz"))
+            checkpoint.save(final_params, os.path.join(workdir, "model.npz"))
             info = {
                 "num_classes": num_classes,
                 "class_names": list(train_source.class_names),

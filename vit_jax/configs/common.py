@@ -80,6 +80,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.grad_clip_norm = 1.0  # global norm; 0 disables
     c.label_smoothing = 0.0
 
+    # Devices: the mesh's named axes ((name, size), one size may be -1 = the rest). The batch
+    # is split over `data` and `fsdp`; parameters are replicated (`sharding="replicate"`) or
+    # split over `fsdp` with their optimizer state (`sharding="fsdp"`, arrays of at least
+    # `fsdp_min_size` elements). `sharding_rules`: (regex, spec) pairs tried first, first
+    # match wins; spec 'replicate', 'fsdp' or a tuple of axis names / None per dimension.
+    c.mesh = (("data", -1),)
+    c.sharding = "replicate"
+    c.sharding_rules = ()
+    c.fsdp_min_size = 2**14
+
     # Logging, evaluation, checkpoints.
     c.progress_every = 100
     c.eval_every = 1000
