@@ -191,3 +191,22 @@ def test_data_size_quick_and_a_failing_run(tmp_path):
 
 def sw_model(record):
     return "hybrid" if "model.resnet.num_layers" in record["overrides"] else "ViT"
+
+
+def test_memory_fit_and_largest_batch_by_hand():
+    from experiments import memory
+
+    fixed, per_image = memory.fit([(32, 100 * 2**20), (64, 164 * 2**20)])
+    assert (fixed, per_image) == (36 * 2**20, 2 * 2**20)  # 100 = 36 + 2 x 32, 164 = 36 + 2 x 64
+    assert memory.largest_batch(fixed, per_image, 1) == (1024 - 36) // 2
+    assert memory.largest_batch(2 * memory.GIB, per_image, 1) == 0  # the state alone does not fit
+    rows = [
+        dict(model="m", params=2**20, layout="replicate", fixed=1.5 * memory.GIB, per_image=2**28, compile_s=1.0),
+        dict(model="m", params=2**20, layout="fsdp", fixed=0.5 * memory.GIB, per_image=2**28, compile_s=1.0),
+    ]
+    text = memory.report(rows, 8, "python -m experiments.memory")
+    # 16 GiB devices, replicated: (16 - 1.5) GiB / 0.25 GiB = 58 images; fsdp: (16 - 0.5) / 0.25 = 62.
+    assert "| TPU v3-8 or v5e-8 host: 8 x 16 GiB | 58 / 62 |" in text
+    # 4 devices instead of 8: the split state (16 bytes x 2**20 parameters) doubles per device.
+    fixed4 = 0.5 * memory.GIB + 16 * 2**20 / 4 - 16 * 2**20 / 8
+    assert f"| TPU v4 host: 4 chips x 32 GiB | 122 / {int((32 * memory.GIB - fixed4) // 2**28)} |" in text
