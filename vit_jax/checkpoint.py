@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -159,7 +158,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
                 flat = {k: np.asarray(npz[k]) for k in npz.files}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError, TypeError) as e:
+    except Exception as e:  # a damaged archive can fail in zipfile, zlib or numpy in many ways
         raise CheckpointError(f"{path} is not a readable .npz checkpoint ({type(e).__name__}: {e}).") from None
     if not flat:
         raise CheckpointError(f"{path} holds no arrays; it is not a model checkpoint.")
@@ -182,8 +181,11 @@ def load(path: str, *, stacked: bool = False) -> dict:
         if _GROUPNORM.search(k) and v.ndim > 1:
             v = v.reshape(-1)
         fixed[k] = v
-    params = convert_pre_linen(unflatten(fixed))
-    return stack_blocks(params) if stacked else params
+    try:
+        params = convert_pre_linen(unflatten(fixed))
+        return stack_blocks(params) if stacked else params
+    except Exception as e:  # keys that do not form a parameter tree
+        raise CheckpointError(f"{path} does not hold a model's parameter tree ({type(e).__name__}: {e}).") from None
 
 
 def to_published_flat(params: Mapping) -> dict[str, np.ndarray]:
@@ -400,3 +402,326 @@ def load_pretrained(
 
     out = unflatten({k: np.asarray(restored[k], dtype=np.asarray(init[k]).dtype) for k in init})
     return stack_blocks(out) if init_is_stacked else out
+
+
+# ----------------------------------------------------------------------------- train-state checkpoints
+#
+# The run's own checkpoints (Orbax, asynchronous): parameters, optimizer state, step, and a
+# JSON `meta` with the data position and a checksum of every array. Restore verifies the
+# checksums and falls back to the newest intact checkpoint, moving a damaged one aside
+# (nothing is deleted); a checkpoint of another model or optimizer is refused by name.
+
+STATE_DIR = "checkpoints"
+DAMAGED_DIR = "checkpoints_damaged"
+LOCK_FILE = ".lock"
+
+
+class CheckpointWriteError(CheckpointError):
+    """A train-state checkpoint could not be written (disk full, permissions); older ones are intact."""
+
+
+def _ocp():
+    import orbax.checkpoint as ocp  # heavy: only the training run needs it
+
+    return ocp
+
+
+def state_manager(workdir: str, keep: int):
+    """Orbax manager of `workdir/checkpoints`, keeping the newest `keep` steps."""
+    ocp = _ocp()
+    options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True, enable_async_checkpointing=True)
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, STATE_DIR)),
+        options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+    )
+
+
+def _uint_view(a):
+    import jax.numpy as jnp
+
+    width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[a.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(a, width).astype(jnp.uint32)
+
+
+@jax.jit
+def _checksum_arrays(tree):
+    """Per array: sum over elements of bits x (2 x flat index + 1), modulo 2**32.
+
+    Integer arithmetic, so the value does not depend on how the array is split across
+    devices or in which order XLA adds; the odd weights make every single-bit change and
+    most moves of values change the sum.
+    """
+    import jax.numpy as jnp
+
+    def one(a):
+        u = _uint_view(a)
+        index, stride = jnp.zeros(a.shape, jnp.uint32), 1
+        for d in reversed(range(a.ndim)):
+            index = index + jax.lax.broadcasted_iota(jnp.uint32, a.shape, d) * jnp.uint32(stride % 2**32)
+            stride *= a.shape[d]
+        return jnp.sum(u * (index * jnp.uint32(2) + jnp.uint32(1)), dtype=jnp.uint32)
+
+    return jax.tree.map(one, tree)
+
+
+def state_checksums(state) -> dict[str, int]:
+    """{array path: checksum} of a train state (on devices or host); see _checksum_arrays."""
+    sums = jax.device_get(_checksum_arrays(state))
+    return {tree_path_name(p): int(v) for p, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
+
+
+@jax.jit
+def _device_copy(tree):
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
+
+
+def save_state(mngr, state, meta: dict) -> None:
+    """Starts an asynchronous save of `state` at step meta['step'], with its checksums in the meta.
+
+    The live buffers are donated to the next step, so a snapshot is saved: on the host when
+    this process holds the whole state, else a device copy (Orbax writes each process's
+    shards). A failure of this or of the previous asynchronous write is a CheckpointWriteError.
+    """
+    ocp = _ocp()
+    step = int(meta["step"])
+    sums = state_checksums(state)
+    if all(a.is_fully_addressable for a in jax.tree.leaves(state)):
+        snapshot = jax.device_get(state)
+    else:
+        snapshot = _device_copy(state)
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(snapshot), meta=ocp.args.JsonSave({**meta, "checksums": sums})
+    )
+    try:
+        mngr.save(step, args=args)
+    except Exception as e:  # the message says what happened; the run stops here
+        raise CheckpointWriteError(_write_failure(mngr, step, e)) from None
+
+
+def finish_writes(mngr) -> None:
+    """Waits for the asynchronous writes; a failed one is a CheckpointWriteError."""
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:
+        raise CheckpointWriteError(_write_failure(mngr, None, e)) from None
+
+
+def _write_failure(mngr, step, error: Exception) -> str:
+    directory = str(mngr.directory)
+    intact = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+    what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+    kept = (
+        f"the checkpoints already written (steps {', '.join(map(str, intact))}) are intact"
+        if intact
+        else ("no earlier checkpoint exists")
+    )
+    return (
+        f"Could not write {what} to {directory} ({type(error).__name__}: {error}); {kept}. Free disk space or fix "
+        f"the directory's permissions, then run the same command to resume."
+    )
+
+
+def tree_path_name(path) -> str:
+    """A key path as 'params/Transformer/encoder_norm/scale' (dict keys, indices and attributes alike)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def _paths_and_shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {tree_path_name(p): (tuple(v.shape), str(v.dtype)) for p, v in flat}
+
+
+def structure_mismatch(saved, target) -> str | None:
+    """None when `saved` (checkpoint metadata) has the arrays of `target`, else what differs, by name."""
+    have, want = _paths_and_shapes(saved), _paths_and_shapes(target)
+    diffs = [
+        f"{k} has shape {have[k][0]} there, {want[k][0]} here" for k in want if k in have and have[k][0] != want[k][0]
+    ]
+    diffs += [f"{k} is missing there" for k in want if k not in have]
+    diffs += [f"{k} is there but not in this model" for k in have if k not in want]
+    if not diffs:
+        return None
+    more = f"; and {len(diffs) - 5} more" if len(diffs) > 5 else ""
+    return "; ".join(diffs[:5]) + more
+
+
+def _process_zero_says(flag: bool) -> bool:
+    """Process 0's `flag`, on every process (a file another process may be creating right now
+    must not send the processes down different paths of collective calls)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.array(flag, np.int32)))
+
+
+def _all_agree(ok: bool) -> bool:
+    """Whether every process found `ok` (the same answer everywhere, so all act alike)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.array(ok, np.int32))))
+
+
+def restore_state(workdir: str, target, keep: int) -> tuple[Any, dict] | None:
+    """The newest intact checkpoint in `workdir`, restored onto `target`'s shapes and shardings.
+
+    None when the workdir has no checkpoint. A checkpoint that cannot be read or whose
+    checksums do not match is damaged: a warning names it, it is moved to
+    `workdir/checkpoints_damaged/`, and the next older one is tried. A checkpoint written
+    by another model or optimizer is a CheckpointError naming the differing arrays. When
+    checkpoints exist but none is intact, that is a CheckpointError too: the run never
+    starts from scratch silently.
+    """
+    ocp = _ocp()
+    directory = os.path.join(workdir, STATE_DIR)
+    if not _process_zero_says(os.path.isdir(directory)):  # all processes take the same path
+        return None
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), target)
+    mngr = state_manager(workdir, keep)
+    damaged: list[tuple[int, str]] = []
+    try:
+        for step in sorted(mngr.all_steps(), reverse=True):
+            problem, result = None, None
+            try:
+                saved = mngr.item_metadata(step)["state"]
+            except Exception as e:
+                saved, problem = None, f"unreadable metadata ({type(e).__name__}: {_first_line(e)})"
+            if saved is not None:
+                mismatch = structure_mismatch(saved, abstract)
+                if mismatch is not None:  # every process reads the same metadata
+                    raise CheckpointError(
+                        f"The checkpoint at step {step} in {directory} was written by a different model or "
+                        f"optimizer: {mismatch}. Run with the config that wrote it, or use another --workdir."
+                    )
+            elif problem is None:
+                problem = "no array metadata"
+            if problem is None:
+                try:
+                    restored = mngr.restore(
+                        step,
+                        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
+                    )
+                    result = (restored["state"], dict(restored["meta"]))
+                    problem = _checksum_problem(result[0], result[1].get("checksums"))
+                except Exception as e:
+                    problem = f"{type(e).__name__}: {_first_line(e)}"
+            if _all_agree(problem is None):
+                return _with_step(result, step)
+            damaged.append((step, problem or "damaged on another process"))
+            log.warning(
+                "Checkpoint step %d in %s is damaged (%s); trying an older one.", step, directory, damaged[-1][1]
+            )
+    finally:
+        mngr.close()
+        _move_aside(workdir, [s for s, _ in damaged])
+    if damaged:
+        raise CheckpointError(
+            f"Every checkpoint in {directory} is damaged (steps {', '.join(str(s) for s, _ in damaged)}); they were "
+            f"moved to {os.path.join(workdir, DAMAGED_DIR)}. Nothing was restored: run again to start from scratch "
+            f"in this workdir, or restore the checkpoints from a copy."
+        )
+    return None
+
+
+def _with_step(result, step):
+    state, meta = result
+    meta.setdefault("step", step)
+    return state, meta
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:300]
+
+
+def _checksum_problem(state, expected: dict[str, int] | None) -> str | None:
+    if not expected:  # written before checksums were recorded
+        return None
+    got = state_checksums(state)
+    bad = [k for k, v in expected.items() if got.get(k) != v]
+    if not bad:
+        return None
+    return f"checksum mismatch in {len(bad)} array(s), first {bad[0]}"
+
+
+def _move_aside(workdir: str, steps: list[int]) -> None:
+    """Moves damaged step directories to workdir/checkpoints_damaged/ (process 0; every process waits)."""
+    if not steps:
+        return
+    if jax.process_index() == 0:
+        target_dir = os.path.join(workdir, DAMAGED_DIR)
+        os.makedirs(target_dir, exist_ok=True)
+        for step in steps:
+            src = os.path.join(workdir, STATE_DIR, str(step))
+            dst = os.path.join(target_dir, str(step))
+            n = 1
+            while os.path.exists(dst):
+                dst, n = os.path.join(target_dir, f"{step}.{n}"), n + 1
+            if os.path.exists(src):
+                os.replace(src, dst)
+                log.warning("Moved damaged checkpoint %s to %s.", src, dst)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("vit_jax checkpoints moved aside")
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir while a run uses it (`workdir/.lock`, flock).
+
+    The operating system releases it when the holding process ends, however it ends, so a
+    killed run's lock is taken over by the next one. The file records who holds it, for
+    the message a second run gets.
+    """
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self._fd: int | None = None
+
+    def acquire(self) -> "WorkdirLock":
+        import fcntl
+        import socket
+        import time
+
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise CheckpointError(
+                f"Workdir {os.path.dirname(self.path)} is in use by another run ({holder}). Wait for it to end, "
+                f"or use another --workdir."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -88,6 +88,8 @@ def read_idx(path: str) -> np.ndarray:
         arr = np.frombuffer(data, np.uint8, count=count, offset=8) if len(data) >= 8 + count else None
         shape = (count,)
     elif magic == 2051:
+        if len(data) < 16:
+            raise DataError(f"{path} is truncated: its header is incomplete.")
         rows, cols = struct.unpack(">II", data[8:16])
         n = count * rows * cols
         arr = np.frombuffer(data, np.uint8, count=n, offset=16) if len(data) >= 16 + n else None
@@ -129,6 +131,8 @@ def decode_image(path: str, size: tuple[int, int] | None) -> np.ndarray:
             return np.asarray(im, np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"Cannot read image {path}: {e}") from None
+    except Exception as e:  # a damaged file can fail deep inside a decoder in any way
+        raise DataError(f"Cannot read image {path}: {type(e).__name__}: {e}") from None
 
 
 def load_image_folder(directory: str, split: str, size: tuple[int, int]) -> ArraySource:
@@ -249,6 +253,8 @@ def get_source(config, split: str):
     (`balanced_subset`); the test split is always whole.
     """
     source = _get_source(config, split)
+    if isinstance(source, ArraySource):
+        check_labels(source, split)
     n = config.get("train_examples")
     if split != "train" or n is None:
         return source
@@ -264,6 +270,18 @@ def get_source(config, split: str):
         )
     idx = balanced_subset(source.labels, n, config.get("train_subset_seed", 0))
     return dataclasses.replace(source, images=source.images[idx], labels=source.labels[idx])
+
+
+def check_labels(source, split: str) -> None:
+    """Every label is a class id in 0..num_classes-1 (one_hot would silently zero the others)."""
+    labels = np.asarray(source.labels)
+    bad = np.flatnonzero((labels < 0) | (labels >= source.num_classes))
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(
+            f"{source.name} {split}: {len(bad)} label(s) outside 0..{source.num_classes - 1} (first: label "
+            f"{int(labels[i])} at example {i}); the labels do not match the dataset's {source.num_classes} classes."
+        )
 
 
 def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

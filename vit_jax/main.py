@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     for noisy in ("absl", "jax", "orbax", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A damaged checkpoint's failed reads surface as "never retrieved" task errors; the
+    # restore reports them itself, in one line.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         config, config_arg, workdir = _parse(argv)
     except UsageError as e:
@@ -102,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except train.NumericalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps({"workdir": workdir, **result}))
     return 0
 

@@ -57,9 +57,11 @@ class MetricWriter:
             self._tb.flush()
 
     def close(self) -> None:
+        """Flushes and closes the files; later calls (and writes) do nothing."""
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+            self.enabled = False
 
 
 def format_duration(seconds: float) -> str:

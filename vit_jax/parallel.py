@@ -375,6 +375,15 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array(bool(flag), np.int32))))
+
+
 def to_host(tree):
     """Full numpy arrays on every process (gathers arrays split across processes)."""
     if jax.process_count() == 1:

@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -21,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from vit_jax import checkpoint, input_pipeline, metrics, models, models_vit, parallel
 from vit_jax.configs import models as model_configs
@@ -206,10 +207,13 @@ def make_train_step(model, tx, schedule, config, num_classes: int, batch_shardin
     spans every device), each with its own dropout and augmentation keys; gradients
     are averaged before one optimizer update. With `batch_sharding`, the model's
     activations are kept split like the batch (see parallel.split_activations_like).
+    metrics['finite'] is False when the loss or the gradient is not finite; with
+    config.skip_nonfinite_steps that step's update is not applied.
     """
     pp = input_pipeline.pp_dict(config)
     accum = int(config.accum_steps)
     smoothing = float(config.label_smoothing)
+    skip_nonfinite = bool(config.get("skip_nonfinite_steps", False))
 
     def micro_grads(params, images, labels, rng):
         k_aug, k_drop = jax.random.split(rng)
@@ -242,12 +246,15 @@ def make_train_step(model, tx, schedule, config, num_classes: int, batch_shardin
             (loss, grads), _ = jax.lax.scan(body, zeros, xs)
             loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_state = {
-            "params": optax.apply_updates(params, updates),
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-        }
-        out = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+        grad_norm = optax.global_norm(grads)
+        new_params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if skip_nonfinite:  # a non-finite batch leaves parameters and optimizer state as they were
+            new_params, opt_state = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old), (new_params, opt_state), (params, state["opt_state"])
+            )
+        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
+        out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), "finite": finite}
         return new_state, out
 
     return step
@@ -352,49 +359,6 @@ def evaluate(eval_step, params, source, config, sharding) -> dict[str, float]:
     return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss"]) / count, "count": count}
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=int(config.keep_checkpoints), create=True, enable_async_checkpointing=True
-    )
-    return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options, item_names=("state", "meta")
-    )
-
-
-def save_checkpoint(mngr, state, meta: dict) -> None:
-    """Asynchronous save of a snapshot: the live buffers are donated to the next step.
-
-    One process holding the whole state snapshots it to host memory; a state split across
-    processes is copied on the devices (new buffers, same shardings) and Orbax writes each
-    process's shards.
-    """
-    step = int(meta["step"])
-    if all(a.is_fully_addressable for a in jax.tree.leaves(state)):
-        snapshot = jax.device_get(state)
-    else:
-        snapshot = _device_copy(state)
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(snapshot), meta=ocp.args.JsonSave(meta)))
-
-
-@jax.jit
-def _device_copy(tree):
-    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
-
-
-def restore_checkpoint(mngr, state) -> tuple[Any, dict] | None:
-    step = mngr.latest_step()
-    if step is None:
-        return None
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
-    restored = mngr.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-    )
-    return restored["state"], dict(restored["meta"])
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -406,13 +370,60 @@ def pretrained_file(config) -> str | None:
     return None
 
 
+class NumericalError(RuntimeError):
+    """A non-finite loss or gradient; the message names the step and the last good checkpoint."""
+
+
+class StopSignals:
+    """SIGTERM (a scheduler's preemption) and SIGINT ask the loop to save and stop.
+
+    Handlers are installed only in the main thread and restored on exit. A second
+    SIGINT interrupts at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) training in `workdir`; returns the final evaluation."""
+    """Runs (or resumes) training in `workdir`; returns the final evaluation.
+
+    Stopped by SIGTERM or SIGINT, it saves a checkpoint at the step it reached and
+    returns {'stopped': signal name, 'step': step} instead.
+    """
     validate(config)
     check_files(config)
     is_main = jax.process_index() == 0
+    lock = checkpoint.WorkdirLock(workdir).acquire() if is_main else None
+    try:
+        with StopSignals() as stop:
+            return _run(config, workdir, is_main, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(config, workdir: str, is_main: bool, stop: StopSignals) -> dict[str, Any]:
     if is_main:  # the resolved config, read back by the analysis tools
-        os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1) + "\n")
     writer = metrics.MetricWriter(workdir, enabled=is_main)
@@ -446,28 +457,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_main:  # what is split how: one line per parameter
         with open(os.path.join(workdir, "sharding.json"), "w") as f:
             json.dump({"mesh": dict(prog.mesh.shape), **summary}, f, indent=1)
-    mngr = checkpoint_manager(workdir, config)
+    ckpt_dir = os.path.join(workdir, checkpoint.STATE_DIR)
+    restored = checkpoint.restore_state(workdir, state, config.keep_checkpoints)
+    if restored is not None:
+        state, meta = restored
+        log.info("Resumed from %s at step %d.", ckpt_dir, int(meta["step"]))
+    elif pretrained_file(config):
+        path = pretrained_file(config)
+        grid = models.grid_shape(kw, prog.input_shape[:2])
+        params = checkpoint.load_pretrained(
+            pretrained_path=path,
+            init_params=parallel.to_host(state["params"]),
+            model_config=kw,
+            new_grid_shape=grid,
+        )
+        sh = prog.state_shardings
+        params = jax.device_put(params, sh["params"])
+        state = dict(state, params=params, opt_state=jax.jit(tx.init, out_shardings=sh["opt_state"])(params))
+        log.info("Initialised from pretrained %s.", path)
+
+    mngr = checkpoint.state_manager(workdir, config.keep_checkpoints)
     try:
-        restored = restore_checkpoint(mngr, state)
-        if restored is not None:
-            state, meta = restored
-            log.info("Resumed from %s at step %d.", os.path.join(workdir, "checkpoints"), int(meta["step"]))
-        elif pretrained_file(config):
-            path = pretrained_file(config)
-            grid = models.grid_shape(kw, prog.input_shape[:2])
-            params = checkpoint.load_pretrained(
-                pretrained_path=path,
-                init_params=parallel.to_host(state["params"]),
-                model_config=kw,
-                new_grid_shape=grid,
-            )
-            sh = prog.state_shardings
-            params = jax.device_put(params, sh["params"])
-            state = dict(state, params=params, opt_state=jax.jit(tx.init, out_shardings=sh["opt_state"])(params))
-            log.info("Initialised from pretrained %s.", path)
-
         base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), repl)
-
         start = int(jax.device_get(state["step"]))
         batches = input_pipeline.train_batches(
             train_source,
@@ -478,27 +489,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             process_count=jax.process_count(),
             rows=parallel.local_rows(data_sharding, config.batch),
         )
-        pending, t_last, step_last = [], time.perf_counter(), start
+        skip_nonfinite = bool(config.get("skip_nonfinite_steps", False))
+        pending: list[tuple[int, Any]] = []  # (step, metrics on the device) not yet fetched
+        window: list[tuple[int, dict]] = []  # fetched, not yet logged
+        skipped: list[int] = []
+
+        def drain() -> None:
+            """Fetches the pending metrics (a host sync) and stops at a non-finite step."""
+            fetched = jax.device_get([out for _, out in pending])
+            for (s, _), f in zip(pending, fetched, strict=True):
+                if not bool(f["finite"]):
+                    if not skip_nonfinite:
+                        raise NumericalError(_nonfinite_message(s, f, mngr, ckpt_dir))
+                    skipped.append(s)
+                window.append((s, f))
+            pending.clear()
+
+        def save(step: int) -> None:
+            drain()  # never save a state that a non-finite step produced
+            meta = {"step": step, "examples_seen": step * config.batch, "seed": config.seed}
+            checkpoint.save_state(mngr, state, meta)
+
+        t_last, step_last, saved = time.perf_counter(), start, start
         t_start = t_last
         next_batch = parallel.global_batch(next(batches), data_sharding) if start < steps else None
         for step in range(start + 1, steps + 1):
             batch = next_batch
             state, out = train_step(state, batch, base_rng)
-            pending.append(out)
+            pending.append((step, out))
             if step < steps:  # prepare the next batch while the device computes
                 next_batch = parallel.global_batch(next(batches), data_sharding)
             if step % config.progress_every == 0 or step == steps:
-                fetched = jax.device_get(pending)  # the only host sync of the loop
-                pending = []
+                drain()  # the only host sync of the loop
                 now = time.perf_counter()
                 rate = (step - step_last) * config.batch / (now - t_last)
-                loss = float(np.mean([f["loss"] for f in fetched]))
+                loss = float(np.mean([f["loss"] for _, f in window]))
                 values = {
                     "loss": loss,
-                    "lr": float(fetched[-1]["lr"]),
-                    "grad_norm": float(fetched[-1]["grad_norm"]),
+                    "lr": float(window[-1][1]["lr"]),
+                    "grad_norm": float(window[-1][1]["grad_norm"]),
                     "images_per_s": rate,
                 }
+                if skipped:
+                    values["skipped_steps"] = len(skipped)
+                    log.warning(
+                        "Skipped %d step(s) with a non-finite loss or gradient so far (last: step %d); "
+                        "config.skip_nonfinite_steps is on.",
+                        len(skipped),
+                        skipped[-1],
+                    )
+                window.clear()
                 eta = (steps - step) * (now - t_start) / max(step - start, 1)
                 log.info(
                     "step %d/%d | loss %.4f | lr %.2e | %.0f img/s | ETA %s",
@@ -512,12 +552,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write("train", step, values)
                 t_last, step_last = now, step
             if step % config.checkpoint_every == 0 or step == steps:
-                save_checkpoint(mngr, state, {"step": step, "examples_seen": step * config.batch, "seed": config.seed})
+                save(step)
+                saved = step
+            if _stop_requested(stop, step, config):
+                if saved != step:
+                    save(step)
+                checkpoint.finish_writes(mngr)
+                writer.close()
+                log.warning(
+                    "Stopped by %s at step %d of %d: checkpoint saved in %s. Run the same command to resume.",
+                    stop.received,
+                    step,
+                    steps,
+                    ckpt_dir,
+                )
+                return {"stopped": stop.received, "step": step}
             if step % config.eval_every == 0 and step != steps:
                 result = evaluate(eval_step, state["params"], test_source, config, data_sharding)
                 log.info("eval step %d | accuracy %.4f | loss %.4f | %d examples", step, *result.values())
                 writer.write("eval", step, result)
-        mngr.wait_until_finished()
+        checkpoint.finish_writes(mngr)
 
         result = evaluate(eval_step, state["params"], test_source, config, data_sharding)
         log.info("final eval step %d | accuracy %.4f | loss %.4f | %d examples", steps, *result.values())
@@ -536,5 +590,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             with open(os.path.join(workdir, "run.json"), "w") as f:
                 json.dump(info, f, indent=1, default=str)
     finally:
-        mngr.close()
+        writer.close()
+        _close_quietly(mngr)
     return result
+
+
+def _stop_requested(stop: StopSignals, step: int, config) -> bool:
+    """Whether to stop after `step`: at once with one process; with several, every process
+    decides together at the logging and checkpoint intervals (a signal reaches them at
+    different steps, and they must save the same one)."""
+    if jax.process_count() == 1:
+        return stop.received is not None
+    if step % config.progress_every and step % config.checkpoint_every:
+        return False
+    return parallel.any_process(stop.received is not None)
+
+
+def _nonfinite_message(step: int, f: dict, mngr, ckpt_dir: str) -> str:
+    good = mngr.latest_step()
+    where = f"the last good checkpoint is step {good} in {ckpt_dir}" if good is not None else "no checkpoint was saved"
+    return (
+        f"Non-finite training at step {step} (loss {float(f['loss'])}, gradient norm {float(f['grad_norm'])}); "
+        f"stopped, {where}, and nothing after step {step - 1} was saved. Lower config.lr.base or raise "
+        f"config.lr.warmup_steps, check the data, or set config.skip_nonfinite_steps=True to skip such steps."
+    )
+
+
+def _close_quietly(mngr) -> None:
+    """Closes the checkpoint manager; a write error it repeats was already reported."""
+    try:
+        mngr.close()
+    except Exception as e:
+        log.warning("Closing the checkpoint manager: %s: %s", type(e).__name__, str(e).splitlines()[0][:300])

@@ -95,6 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_every = 1000
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
+    # A step with a non-finite loss or gradient stops the run (the last good checkpoint
+    # stays the newest); True skips that step's update instead and logs it.
+    c.skip_nonfinite_steps = False
     return c
 
 
