@@ -23,6 +23,8 @@ import jax
 import numpy as np
 import scipy.ndimage
 
+from vit_jax import parallel
+
 log = logging.getLogger(__name__)
 
 POSEMB_KEY = "Transformer/posembed_input/pos_embedding"
@@ -468,7 +470,7 @@ def _checksum_arrays(tree):
 def state_checksums(state) -> dict[str, int]:
     """{array path: checksum} of a train state (on devices or host); see _checksum_arrays."""
     sums = jax.device_get(_checksum_arrays(state))
-    return {tree_path_name(p): int(v) for p, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
+    return {parallel.path_name(p): int(v) for p, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
 
 
 @jax.jit
@@ -524,22 +526,9 @@ def _write_failure(mngr, step, error: Exception) -> str:
     )
 
 
-def tree_path_name(path) -> str:
-    """A key path as 'params/Transformer/encoder_norm/scale' (dict keys, indices and attributes alike)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
 def _paths_and_shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {tree_path_name(p): (tuple(v.shape), str(v.dtype)) for p, v in flat}
+    return {parallel.path_name(p): (tuple(v.shape), str(v.dtype)) for p, v in flat}
 
 
 def structure_mismatch(saved, target) -> str | None:

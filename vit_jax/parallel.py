@@ -255,7 +255,8 @@ def constrain_batch(x):
 # ----------------------------------------------------------------------------- parameter sharding
 
 
-def _path_name(path) -> str:
+def path_name(path) -> str:
+    """A key path as 'params/Transformer/encoder_norm/scale' (dict keys, attributes and indices alike)."""
     parts = []
     for k in path:
         for attr in ("key", "name", "idx"):
@@ -310,7 +311,7 @@ def tree_shardings(tree, mesh, rules: Sequence[tuple[str, Any]], min_size: int =
     fsdp_size = mesh.shape.get("fsdp", 1)
 
     def one(path, leaf):
-        name = _path_name(path)
+        name = path_name(path)
         shape = tuple(getattr(leaf, "shape", ()))
         pattern, spec = next((p, s) for p, s in rules if re.search(p, name))  # the preset's '.*' always matches
         if spec == "replicate" or not shape:
@@ -343,7 +344,7 @@ def sharding_summary(params, shardings) -> dict[str, Any]:
         nbytes = math.prod(shape) * np.dtype(leaf.dtype).itemsize
         axes = [a for d in sh.spec if d is not None for a in (d if isinstance(d, tuple) else (d,))]
         split = math.prod(sh.mesh.shape[a] for a in axes)
-        rows[_path_name(path)] = {"shape": list(shape), "spec": [_spec_entry(d) for d in sh.spec], "split": split}
+        rows[path_name(path)] = {"shape": list(shape), "spec": [_spec_entry(d) for d in sh.spec], "split": split}
         total += nbytes
         per_device += nbytes / split
     return {"params": rows, "bytes": total, "bytes_per_device": int(per_device)}
