@@ -117,21 +117,21 @@ def test_image_folder_source(tmp_path):
 
 def test_image_folder_errors(tmp_path):
     im = Image.new("RGB", (4, 4))
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist. Set --config.dataset to a directory of IDX files"):
         input_pipeline.get_source(config_for(tmp_path / "nope"), "train")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="is empty"):
+    with pytest.raises(DataError, match="is empty. Set --config.dataset"):
         input_pipeline.get_source(config_for(tmp_path / "empty"), "train")
     make_folder(tmp_path / "notest", {"train": {"a": [im]}})
     with pytest.raises(DataError, match="has no 'test' split"):
         input_pipeline.get_source(config_for(tmp_path / "notest"), "test")
     make_folder(tmp_path / "hollow", {"train": {"a": [im]}, "test": {"a": [im]}})
     (tmp_path / "hollow" / "train" / "b").mkdir()
-    with pytest.raises(DataError, match=r"Class folder .*hollow/train/b has no images"):
+    with pytest.raises(DataError, match=r"Class folder .*hollow/train/b has no images.*remove the folder"):
         input_pipeline.get_source(config_for(tmp_path / "hollow"), "train")
     make_folder(tmp_path / "broken", {"train": {"a": [im]}, "test": {"a": [im]}})
     (tmp_path / "broken" / "train" / "a" / "bad.jpg").write_bytes(b"not a jpeg at all")
-    with pytest.raises(DataError, match=r"Cannot read image .*broken/train/a/bad\.jpg"):
+    with pytest.raises(DataError, match=r"Cannot read image .*broken/train/a/bad\.jpg .*replace or remove the file"):
         input_pipeline.get_source(config_for(tmp_path / "broken"), "train")
     good = tmp_path / "good.png"
     Image.new("RGB", (64, 64), (1, 2, 3)).save(good)

@@ -319,7 +319,10 @@ def test_default_workdir():
     "flag,message",
     [
         ("--config.lr.bse=0.1", "Unknown config field 'bse' (did you mean 'base'?)"),
-        ("--config.batch=abc", "--config.batch=abc"),
+        (
+            "--config.batch=abc",
+            "--config.batch=abc: invalid literal for int() with base 10: 'abc'. config.batch takes an integer",
+        ),
     ],
 )
 def test_command_line_errors_are_one_line(tmp_path, flag, message):

@@ -43,6 +43,13 @@ class DataError(ValueError):
     """A dataset that is missing, empty or malformed; the message says how to fix it."""
 
 
+DATASET_FIX = (
+    "Set --config.dataset to a directory of IDX files (as MNIST and Fashion-MNIST ship), a directory of "
+    "image folders (<dir>/{train,test}/<class>/*.jpg|png), 'digits', or a TFDS dataset name."
+)
+IDX_FIX = "fetch the file again from its source."
+
+
 @dataclasses.dataclass
 class ArraySource:
     """One split held in memory: uint8 images (N, H, W, C) and int32 labels (N,)."""
@@ -80,24 +87,24 @@ def read_idx(path: str) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:
-        raise DataError(f"Cannot read IDX file {path}: {e}") from None
+        raise DataError(f"Cannot read IDX file {path} ({e}); {IDX_FIX}") from None
     if len(data) < 8:
-        raise DataError(f"{path} is too short to be an IDX file.")
+        raise DataError(f"{path} is too short to be an IDX file; {IDX_FIX}")
     magic, count = struct.unpack(">II", data[:8])
     if magic == 2049:
         arr = np.frombuffer(data, np.uint8, count=count, offset=8) if len(data) >= 8 + count else None
         shape = (count,)
     elif magic == 2051:
         if len(data) < 16:
-            raise DataError(f"{path} is truncated: its header is incomplete.")
+            raise DataError(f"{path} is truncated: its header is incomplete; {IDX_FIX}")
         rows, cols = struct.unpack(">II", data[8:16])
         n = count * rows * cols
         arr = np.frombuffer(data, np.uint8, count=n, offset=16) if len(data) >= 16 + n else None
         shape = (count, rows, cols)
     else:
-        raise DataError(f"{path} is not an IDX file of uint8 images or labels (magic number {magic}).")
+        raise DataError(f"{path} is not an IDX file of uint8 images or labels (magic number {magic}); {IDX_FIX}")
     if arr is None:
-        raise DataError(f"{path} is truncated: its header announces {count} entries.")
+        raise DataError(f"{path} is truncated: its header announces {count} entries; {IDX_FIX}")
     return arr.reshape(shape)
 
 
@@ -130,9 +137,9 @@ def decode_image(path: str, size: tuple[int, int] | None) -> np.ndarray:
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             return np.asarray(im, np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"Cannot read image {path}: {e}") from None
+        raise DataError(f"Cannot read image {path} ({e}); replace or remove the file.") from None
     except Exception as e:  # a damaged file can fail deep inside a decoder in any way
-        raise DataError(f"Cannot read image {path}: {type(e).__name__}: {e}") from None
+        raise DataError(f"Cannot read image {path} ({type(e).__name__}: {e}); replace or remove the file.") from None
 
 
 def load_image_folder(directory: str, split: str, size: tuple[int, int]) -> ArraySource:
@@ -157,7 +164,9 @@ def load_image_folder(directory: str, split: str, size: tuple[int, int]) -> Arra
             continue
         files = sorted(f for f in os.listdir(cls_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files and split == "train":
-            raise DataError(f"Class folder {cls_dir} has no images (.jpg, .png, ...).")
+            raise DataError(
+                f"Class folder {cls_dir} has no images (.jpg, .png, ...); add its images or remove the folder."
+            )
         paths += [os.path.join(cls_dir, f) for f in files]
         labels += [label] * len(files)
     if not paths:
@@ -280,7 +289,8 @@ def check_labels(source, split: str) -> None:
         i = int(bad[0])
         raise DataError(
             f"{source.name} {split}: {len(bad)} label(s) outside 0..{source.num_classes - 1} (first: label "
-            f"{int(labels[i])} at example {i}); the labels do not match the dataset's {source.num_classes} classes."
+            f"{int(labels[i])} at example {i}); the labels do not match the dataset's {source.num_classes} classes: "
+            f"fix the label file so every label is a class id from 0 to {source.num_classes - 1}."
         )
 
 
@@ -309,9 +319,9 @@ def _get_source(config, split: str):
     looks_like_path = os.sep in name or name.startswith(".") or os.path.isdir(name)
     if looks_like_path:
         if not os.path.isdir(name):
-            raise DataError(f"Dataset directory {name} does not exist.")
+            raise DataError(f"Dataset directory {name} does not exist. {DATASET_FIX}")
         if not os.listdir(name):
-            raise DataError(f"Dataset directory {name} is empty.")
+            raise DataError(f"Dataset directory {name} is empty. {DATASET_FIX}")
         if _is_idx_dir(name):
             return load_idx_dir(name, split)
         return load_image_folder(name, split_name, storage_size(config))

@@ -67,7 +67,19 @@ def _parse(argv: list[str]):
 
 
 def _flag_message(e: Exception) -> str:
-    return " ".join(str(e).split())
+    text = " ".join(str(e).split())
+    m = re.match(r"flag --config\.([\w.]+)=", text)
+    if not m:
+        return text
+    value = FLAGS["config"].value  # the config file's values, before the overrides
+    try:
+        for part in m.group(1).split("."):
+            value = value[part]
+    except (KeyError, TypeError):
+        return text
+    kinds = {bool: "True or False", int: "an integer", float: "a number", str: "a string", tuple: "a tuple"}
+    kind = kinds.get(type(value), f"a {type(value).__name__}")
+    return f"{text}. config.{m.group(1)} takes {kind}, like the config file's {value!r}."
 
 
 def main(argv: list[str] | None = None) -> int:
