@@ -198,6 +198,18 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact(two_checkpoin
     jax.tree.map(np.testing.assert_array_equal, got, expected)
 
 
+def test_damaged_checkpoint_through_the_command_is_one_warning_then_bitwise(reference, tmp_path):
+    """Through `vit_jax.main`: the damaged newest step is one warning line (not a traceback per
+    array still being read), and the run resumed from the older one ends bitwise as the reference."""
+    workdir = _copy_run(reference, tmp_path / "run")
+    _flip_data_bytes(workdir / "checkpoints" / "40")
+    out = finish(start(workdir))
+    assert "Traceback" not in out and "Event loop is closed" not in out, out[-3000:]
+    assert len([line for line in out.splitlines() if "Checkpoint step 40" in line and "damaged" in line]) == 1
+    assert "Resumed from" in out and "at step 30" in out
+    assert_bitwise(reference, workdir)
+
+
 def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(two_checkpoints, tmp_path):
     src, _ = two_checkpoints
     workdir = _copy_run(src, tmp_path / "run")

@@ -15,6 +15,7 @@ convert between that and the per-block layout.
 import logging
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -610,6 +611,7 @@ def restore_state(workdir: str, target, keep: int) -> tuple[Any, dict] | None:
             if _all_agree(problem is None):
                 return _with_step(result, step)
             damaged.append((step, problem or "damaged on another process"))
+            _quiet_late_read_callbacks()
             log.warning(
                 "Checkpoint step %d in %s is damaged (%s); trying an older one.", step, directory, damaged[-1][1]
             )
@@ -623,6 +625,28 @@ def restore_state(workdir: str, target, keep: int) -> tuple[Any, dict] | None:
             f"in this workdir, or restore the checkpoints from a copy."
         )
     return None
+
+
+def _quiet_late_read_callbacks() -> None:
+    """Silences the reads of a failed restore that finish after their event loop closed.
+
+    When one array of a damaged checkpoint fails, the restore gives up while TensorStore is
+    still reading the others; each of those reads then reports `RuntimeError: Event loop is
+    closed` through sys.unraisablehook, a traceback apiece, hundreds for one damaged step.
+    The warning above already says what happened, so exactly that error is dropped; every
+    other unraisable exception still reaches the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_vit_jax_quiet", False):
+        return
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._vit_jax_quiet = True
+    sys.unraisablehook = hook
 
 
 def _with_step(result, step):
