@@ -137,15 +137,14 @@ def test_each_micro_batch_draws_its_own_dropout_key():
     rng = jax.random.fold_in(jax.random.PRNGKey(0), 0)  # base key of the step, step 0
     pp = input_pipeline.pp_dict(cfg)
     x = input_pipeline.preprocess_eval(jnp.asarray(source.images[:8]), pp)
-    grads = []
-    for i in range(4):
-        _, k_drop = jax.random.split(jax.random.fold_in(rng, i))
 
-        def loss(p, k=k_drop):
-            logits = model.apply({"params": p}, x, train=True, rngs={"dropout": k})
-            return train.cross_entropy(logits, jnp.asarray(source.labels[:8]), 10).mean()
+    @jax.jit
+    @jax.grad
+    def grad(p, k):
+        logits = model.apply({"params": p}, x, train=True, rngs={"dropout": k})
+        return train.cross_entropy(logits, jnp.asarray(source.labels[:8]), 10).mean()
 
-        grads.append(jax.grad(loss)(params))
+    grads = [grad(params, jax.random.split(jax.random.fold_in(rng, i))[1]) for i in range(4)]
     g0, g1 = jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])
     assert not all(np.allclose(a, b) for a, b in zip(g0, g1, strict=True))  # keys differ per micro-batch
     lr = float(train.make_schedule(cfg, 10)(0))
