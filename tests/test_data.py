@@ -54,6 +54,28 @@ def test_idx_source_reads_shapes_and_labels(tmp_path):
     np.testing.assert_array_equal(test.labels, [9, 8, 7])
 
 
+def test_idx_directory_ungzipped_missing_files_and_fixed_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 3, 3), dtype=np.uint8)
+    write_idx(tmp_path, "train", images, np.arange(4))
+    for name in input_pipeline.IDX_FILES["train"]:  # the same files, un-gzipped
+        with gzip.open(tmp_path / name) as f:
+            (tmp_path / name.removesuffix(".gz")).write_bytes(f.read())
+        os.remove(tmp_path / name)
+    src = input_pipeline.get_source(config_for(tmp_path), "train")
+    np.testing.assert_array_equal(src.images[..., 0], images)
+    with pytest.raises(DataError, match=r"lacks t10k-images-idx3-ubyte.gz \(or t10k-images-idx3-ubyte\); it needs all"):
+        input_pipeline.get_source(config_for(tmp_path), "test")
+    c = config_for(tmp_path)
+    c.train_split = "train[:50%]"
+    with pytest.raises(DataError, match=r"config.train_split='train\[:50%\]': the IDX directory .* has fixed train"):
+        input_pipeline.get_source(c, "train")
+    c = config_for("digits")
+    c.test_split = "bogus"
+    with pytest.raises(DataError, match="config.test_split='bogus': digits has fixed train and test splits"):
+        input_pipeline.get_source(c, "test")
+
+
 def test_idx_errors(tmp_path):
     bad = tmp_path / "bad.gz"
     with gzip.open(bad, "wb") as f:
@@ -115,13 +137,22 @@ def test_image_folder_source(tmp_path):
     np.testing.assert_array_equal(test.labels, [1])
 
 
-def test_image_folder_errors(tmp_path):
+def test_image_folder_errors(tmp_path, monkeypatch):
     im = Image.new("RGB", (4, 4))
     with pytest.raises(DataError, match="does not exist. Set --config.dataset to a directory of IDX files"):
         input_pipeline.get_source(config_for(tmp_path / "nope"), "train")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="is empty. Set --config.dataset"):
         input_pipeline.get_source(config_for(tmp_path / "empty"), "train")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DataError, match="afile is a file, not a directory. Set --config.dataset"):
+        input_pipeline.get_source(config_for(tmp_path / "afile"), "train")
+    make_folder(tmp_path / "extra", {"train": {"a": [im]}, "test": {"a": [im], "c": [im]}})
+    with pytest.raises(DataError, match=r"has classes that train lacks: c; add them to .*extra/train or remove them"):
+        input_pipeline.get_source(config_for(tmp_path / "extra"), "test")
+    monkeypatch.setattr(input_pipeline, "available_memory", lambda: 2**30)  # 1 GiB free
+    with pytest.raises(DataError, match=r"extra/train: 1 images decoded at 100000x100000 need 27.9 GiB .*pp.resize"):
+        input_pipeline.load_image_folder(str(tmp_path / "extra"), "train", (100_000, 100_000))
     make_folder(tmp_path / "notest", {"train": {"a": [im]}})
     with pytest.raises(DataError, match="has no 'test' split"):
         input_pipeline.get_source(config_for(tmp_path / "notest"), "test")

@@ -146,6 +146,34 @@ def test_sigterm_then_sigkills_at_random_moments_resume_bitwise(reference, tmp_p
     assert_bitwise(reference, tmp_path)
 
 
+@pytest.mark.parametrize("when", ["reading data", "compiling"])
+def test_a_stop_signal_before_the_loop_stops_at_once_and_keeps_the_checkpoints(
+    two_checkpoints, tmp_path, monkeypatch, when
+):
+    """SIGTERM while data loads interrupts the load; during the compile it stops the run
+    once the step is built. Either way nothing is written and the checkpoints stay as
+    they were (a signal is never taken for a damaged checkpoint)."""
+    src, _ = two_checkpoints
+    workdir = _copy_run(src, tmp_path / "run")
+    before = sorted(os.listdir(workdir / "checkpoints"))
+    target, name = (input_pipeline, "get_source") if when == "reading data" else (train, "build")
+    real = getattr(target, name)
+
+    def signalled(*args, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # handled during the sleep when the stop is immediate
+        return real(*args, **kw)
+
+    monkeypatch.setattr(target, name, signalled)
+    t = time.time()
+    with pytest.raises(train.StoppedEarly) as e:
+        train.train_and_evaluate(tiny_run_config(total_steps=30), str(workdir))
+    assert e.value.signal_name == "SIGTERM" and time.time() - t < 60
+    assert sorted(os.listdir(workdir / "checkpoints")) == before
+    assert not (workdir / checkpoint.DAMAGED_DIR).exists() and not (workdir / "model.npz").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are restored
+
+
 # ----------------------------------------------------------------------------- damaged checkpoints
 
 

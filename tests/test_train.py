@@ -296,6 +296,30 @@ def test_config_recipes():
         ({"lr.decay": "step"}, "lr.decay='step'"),
         ({"model.classifier": "unpooled"}, "cannot be trained for classification"),
         ({"model.dtype": "float16"}, "use 'float32' or 'bfloat16'"),
+        # Out of range: each would reach JAX as a shape error, or train silently wrong.
+        ({"model.hidden_size": 0}, "config.model.hidden_size=0: use a positive whole number"),
+        ({"model.transformer.num_layers": -1}, "config.model.transformer.num_layers=-1: use a positive"),
+        ({"model.patches.size": (0, 0)}, "config.model.patches.size=(0, 0): use a pair like (16, 16)"),
+        ({"model.patches.size": (4,)}, "config.model.patches.size=(4,): use a pair"),
+        ({"model.transformer.dropout_rate": 1.0}, "dropout_rate=1.0: use a rate from 0 up to, not including, 1"),
+        ({"model.transformer.attention_dropout_rate": -0.5}, "attention_dropout_rate=-0.5: use a rate"),
+        ({"model.droppath_rate": 1.0}, "config.model.droppath_rate=1.0: use a rate"),
+        ({"model.attention_impl": "bogus"}, "config.model.attention_impl='bogus': choose one of auto"),
+        ({"model.resnet.num_layers": (-1,)}, "config.model.resnet.num_layers=(-1,): use a tuple of positive"),
+        ({"pp.crop": 0}, "config.pp.crop=0: use a positive size"),
+        ({"pp.resize": -4}, "config.pp.resize=-4: use a positive size"),
+        ({"lr.base": -0.1}, "config.lr.base=-0.1: use a positive learning rate"),
+        ({"lr.warmup_steps": -10}, "config.lr.warmup_steps=-10: use 0 or more steps"),
+        ({"label_smoothing": 2.0}, "config.label_smoothing=2.0: use a rate"),
+        ({"grad_clip_norm": -1.0}, "config.grad_clip_norm=-1.0: use a positive norm, or 0 for none"),
+        ({"optim.mu_dtype": "float16"}, "config.optim.mu_dtype='float16': use 'float32' or 'bfloat16'"),
+        ({"epochs": -1.0}, "config.epochs=-1.0: use a positive number"),
+        ({"eval_batch": -1}, "config.eval_batch=-1: use a positive number"),
+        ({"seed": -1}, "config.seed=-1: use 0 or more"),
+        (
+            {"batch": 0},
+            "config.batch=0 is not divisible by the device count (1) times config.accum_steps (1); use a positive",
+        ),
     ],
 )
 def test_inconsistent_fields_are_named(overrides, message):
@@ -336,3 +360,62 @@ def test_command_line_errors_are_one_line(tmp_path, flag, message):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "config_arg,source,message",
+    [
+        ("missing.py", None, "Config file {dir}/missing.py not found; check the path given to --config."),
+        ("syntax.py", "def get_config(:\n    pass\n", "{dir}/syntax.py line 1: invalid syntax; fix the config file."),
+        ("noget.py", "x = 1\n", "{dir}/noget.py defines no get_config()"),
+        ("noarg.py:foo", "def get_config():\n    return None\n", "{dir}/noarg.py takes no argument; drop ':foo'"),
+        (
+            "refuses.py:b99",
+            "def get_config(arg):\n    raise KeyError(f'Unknown model {arg!r}')\n",
+            "--config {dir}/refuses.py:b99: get_config fails (KeyError: Unknown model 'b99').",
+        ),
+    ],
+)
+def test_config_file_errors_are_one_line(tmp_path, config_arg, source, message):
+    if source is not None:
+        (tmp_path / config_arg.partition(":")[0]).write_text(source)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vit_jax.main",
+            "--config",
+            f"{tmp_path}/{config_arg}",
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr  # the flags are never parsed: no JAX log
+    assert lines[0].startswith(f"error: {message.format(dir=tmp_path)}"), lines[0]
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vit_jax.main",
+            "--config",
+            "configs/quickstart.py",
+            "--workdir",
+            str(tmp_path / "afile"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: --workdir {tmp_path / 'afile'} is a file; give a directory (it is created if missing)."]

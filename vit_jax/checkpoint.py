@@ -162,7 +162,16 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     except CheckpointError:
         raise
     except Exception as e:  # a damaged archive can fail in zipfile, zlib or numpy in many ways
-        raise CheckpointError(f"{path} is not a readable .npz checkpoint ({type(e).__name__}: {e}).") from None
+        try:
+            with _open(path, "rb") as f:
+                is_zip = f.read(2) == b"PK"
+        except Exception:
+            is_zip = False
+        why = f"{type(e).__name__}: {e}" if is_zip else "not a zip archive, which every .npz is"
+        raise CheckpointError(
+            f"{path} is not a readable .npz checkpoint ({why}); give a ViT .npz such as ViT-B_16.npz, or fetch "
+            f"the file again if it was cut short."
+        ) from None
     if not flat:
         raise CheckpointError(f"{path} holds no arrays; it is not a model checkpoint.")
     for k, v in flat.items():

@@ -108,10 +108,22 @@ def read_idx(path: str) -> np.ndarray:
     return arr.reshape(shape)
 
 
+def _idx_path(directory: str, name: str) -> str:
+    """`name` (gzipped) in `directory`, or the same file un-gzipped; missing: a DataError."""
+    for candidate in (name, name.removesuffix(".gz")):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path
+    raise DataError(
+        f"IDX directory {directory} lacks {name} (or {name.removesuffix('.gz')}); it needs all four files: "
+        f"{', '.join(f for pair in IDX_FILES.values() for f in pair)}."
+    )
+
+
 def load_idx_dir(directory: str, split: str) -> ArraySource:
     image_file, label_file = IDX_FILES[split]
-    images = read_idx(os.path.join(directory, image_file))
-    labels = read_idx(os.path.join(directory, label_file)).astype(np.int32)
+    images = read_idx(_idx_path(directory, image_file))
+    labels = read_idx(_idx_path(directory, label_file)).astype(np.int32)
     if len(images) != len(labels):
         raise DataError(f"{directory}: {len(images)} {split} images but {len(labels)} labels.")
     name = os.path.basename(os.path.normpath(directory))
@@ -119,7 +131,9 @@ def load_idx_dir(directory: str, split: str) -> ArraySource:
 
 
 def _is_idx_dir(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, IDX_FILES["train"][0]))
+    """Holds any of the MNIST-family files, gzipped or not."""
+    names = [f for pair in IDX_FILES.values() for f in pair]
+    return any(os.path.isfile(os.path.join(directory, n)) for f in names for n in (f, f.removesuffix(".gz")))
 
 
 def _class_dirs(split_dir: str) -> list[str]:
@@ -142,6 +156,28 @@ def decode_image(path: str, size: tuple[int, int] | None) -> np.ndarray:
         raise DataError(f"Cannot read image {path} ({type(e).__name__}: {e}); replace or remove the file.") from None
 
 
+def available_memory() -> int | None:
+    """Bytes of physical memory free now (Linux and macOS), or None where unknown."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits_in_memory(split_dir: str, count: int, size: tuple[int, int] | None) -> None:
+    """Image folders are decoded into memory: a size that cannot fit is an error before any decode,
+    not a process the kernel kills minutes later."""
+    free = available_memory()
+    if size is None or not free:
+        return
+    need = count * size[0] * size[1] * 3
+    if need > 0.8 * free:
+        raise DataError(
+            f"{split_dir}: {count} images decoded at {size[0]}x{size[1]} need {need / 2**30:.1f} GiB of memory, "
+            f"more than the {free / 2**30:.1f} GiB free; lower config.pp.resize (or config.pp.crop)."
+        )
+
+
 def load_image_folder(directory: str, split: str, size: tuple[int, int]) -> ArraySource:
     """DIR/{train,test}/<class>/*.jpg|png; class ids from the sorted train class names."""
     train_dir, split_dir = os.path.join(directory, "train"), os.path.join(directory, split)
@@ -156,7 +192,10 @@ def load_image_folder(directory: str, split: str, size: tuple[int, int]) -> Arra
         raise DataError(f"{train_dir} has no class folders; expected {train_dir}/<class>/*.jpg|png.")
     unknown = sorted(set(_class_dirs(split_dir)) - set(classes))
     if unknown:
-        raise DataError(f"{split_dir} has classes that train lacks: {', '.join(unknown)}.")
+        raise DataError(
+            f"{split_dir} has classes that train lacks: {', '.join(unknown)}; add them to {train_dir} "
+            f"or remove them from {split_dir}."
+        )
     paths, labels = [], []
     for label, cls in enumerate(classes):
         cls_dir = os.path.join(split_dir, cls)
@@ -171,6 +210,7 @@ def load_image_folder(directory: str, split: str, size: tuple[int, int]) -> Arra
         labels += [label] * len(files)
     if not paths:
         raise DataError(f"{split_dir} holds no images.")
+    _check_fits_in_memory(split_dir, len(paths), size)
     images = np.stack([decode_image(p, size) for p in paths])
     return ArraySource(images, np.asarray(labels, np.int32), len(classes), classes, os.path.basename(directory))
 
@@ -311,18 +351,33 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(order[:n])
 
 
+def _fixed_splits(config, split: str, what: str) -> None:
+    """Digits and IDX directories have exactly a train and a test split; a split expression set
+    for them would otherwise be ignored without a word."""
+    value = config.get(f"{split}_split", split)
+    if value != split:
+        raise DataError(
+            f"config.{split}_split={value!r}: {what} has fixed train and test splits; split expressions apply "
+            f"to TFDS datasets and image folders. Leave it at {split!r} (config.train_examples takes a subset)."
+        )
+
+
 def _get_source(config, split: str):
     name = config.dataset
     split_name = config.get(f"{split}_split", split)
     if name == "digits":
+        _fixed_splits(config, split, "digits")
         return load_digits(split)
     looks_like_path = os.sep in name or name.startswith(".") or os.path.isdir(name)
     if looks_like_path:
+        if os.path.exists(name) and not os.path.isdir(name):
+            raise DataError(f"Dataset {name} is a file, not a directory. {DATASET_FIX}")
         if not os.path.isdir(name):
             raise DataError(f"Dataset directory {name} does not exist. {DATASET_FIX}")
         if not os.listdir(name):
             raise DataError(f"Dataset directory {name} is empty. {DATASET_FIX}")
         if _is_idx_dir(name):
+            _fixed_splits(config, split, f"the IDX directory {name}")
             return load_idx_dir(name, split)
         return load_image_folder(name, split_name, storage_size(config))
     return TfdsSource(config, split_name, storage_size(config))

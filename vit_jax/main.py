@@ -12,6 +12,8 @@ Without --workdir the run goes to runs/<config name>[_<arg>]. Running the same
 command again resumes from the latest checkpoint in the workdir.
 """
 
+import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -44,7 +46,48 @@ def default_workdir(config_arg: str) -> str:
     return os.path.join("runs", name)
 
 
+def _config_arg(argv: list[str]) -> str | None:
+    """The value of --config in argv (either `--config X` or `--config=X`)."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _check_config_file(config_arg: str) -> None:
+    """Loads the config file once, so a missing file, a syntax error, a file without
+    get_config() or an argument it refuses is one line naming the file, not a traceback."""
+    path, sep, arg = config_arg.partition(":")
+    if not os.path.isfile(path):
+        raise UsageError(f"Config file {path} not found; check the path given to --config.")
+    try:
+        spec = importlib.util.spec_from_file_location("_vit_jax_config_check", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UsageError(f"{path} line {e.lineno}: {e.msg}; fix the config file.") from None
+    except Exception as e:
+        raise UsageError(f"{path} fails to load ({type(e).__name__}: {e}); fix the config file.") from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise UsageError(f"{path} defines no get_config(); a config file returns its ConfigDict from get_config().")
+    takes_arg = bool(inspect.signature(get_config).parameters)
+    if sep and not takes_arg:
+        raise UsageError(f"{path} takes no argument; drop ':{arg}' from --config.")
+    try:
+        get_config(arg) if sep else get_config()
+    except Exception as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        doc = f" The arguments it takes are in the file's docstring: {path}." if sep else ""
+        raise UsageError(f"--config {config_arg}: get_config fails ({type(e).__name__}: {message}).{doc}") from None
+
+
 def _parse(argv: list[str]):
+    config_arg = _config_arg(argv)
+    if config_arg:
+        _check_config_file(config_arg)
     try:
         FLAGS(argv)
     except flags.Error as e:
@@ -82,6 +125,15 @@ def _flag_message(e: Exception) -> str:
     return f"{text}. config.{m.group(1)} takes {kind}, like the config file's {value!r}."
 
 
+def _check_workdir(workdir: str) -> None:
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UsageError(f"--workdir {workdir} is a file; give a directory (it is created if missing).")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"Cannot create --workdir {workdir} ({e.strerror}); give a writable directory.") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
@@ -97,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from vit_jax import checkpoint, input_pipeline, parallel, train  # heavy imports after the flags are checked
 
-    user_errors = (train.ConfigError, input_pipeline.DataError, checkpoint.CheckpointError, parallel.ParallelError)
+    user_errors = (
+        UsageError,
+        train.ConfigError,
+        input_pipeline.DataError,
+        checkpoint.CheckpointError,
+        parallel.ParallelError,
+    )
     try:
         cluster = parallel.cluster_from(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         parallel.initialize(cluster, FLAGS.initialization_timeout)
@@ -112,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train.validate(config)
         train.check_files(config)
+        _check_workdir(workdir)
         log.info("Config %s, workdir %s", config_arg, workdir)
         result = train.train_and_evaluate(config, workdir)
     except user_errors as e:
@@ -120,6 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     except train.NumericalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except train.StoppedEarly as e:
+        log.info(
+            "Stopped by %s before training began; the workdir's checkpoints are as they were. Run the same "
+            "command to start again.",
+            e.signal_name,
+        )
+        print(json.dumps({"workdir": workdir, "stopped": e.signal_name, "step": None}))
+        return 0
     print(json.dumps({"workdir": workdir, **result}))
     return 0
 

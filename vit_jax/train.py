@@ -80,13 +80,15 @@ def validate(config, num_devices: int | None = None) -> None:
     if config.model.get("dtype") not in ("float32", "bfloat16"):
         raise ConfigError(f"config.model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'.")
     kw = model_kwargs(config)
-    missing = [] if kw.get("hidden_size") else ["hidden_size"]
-    missing += [] if kw["patches"].get("size") else ["patches.size"]
-    missing += [f"transformer.{f}" for f in ("mlp_dim", "num_heads", "num_layers") if not kw["transformer"].get(f)]
+    missing = [] if kw.get("hidden_size") is not None else ["hidden_size"]
+    missing += [] if kw["patches"].get("size") is not None else ["patches.size"]
+    t = kw["transformer"]
+    missing += [f"transformer.{f}" for f in ("mlp_dim", "num_heads", "num_layers") if t.get(f) is None]
     if missing:
         raise ConfigError(
             f"The model is not fully defined: set config.model_name (e.g. ViT-B_16) or config.model.{missing[0]}."
         )
+    _check_ranges(config, kw)
     if kw["hidden_size"] % kw["transformer"]["num_heads"]:
         raise ConfigError(
             f"config.model.transformer.num_heads={kw['transformer']['num_heads']} does not divide "
@@ -130,7 +132,7 @@ def validate(config, num_devices: int | None = None) -> None:
     if config.batch <= 0 or config.batch % (split * config.accum_steps):
         raise ConfigError(
             f"config.batch={config.batch} is not divisible by the {what} ({split}) times "
-            f"config.accum_steps ({config.accum_steps}); use a multiple of {split * config.accum_steps}."
+            f"config.accum_steps ({config.accum_steps}); use a positive multiple of {split * config.accum_steps}."
         )
     eval_batch = config.get("eval_batch") or config.batch
     if eval_batch % split:
@@ -142,6 +144,119 @@ def validate(config, num_devices: int | None = None) -> None:
         raise ConfigError(f"config.total_steps={config.total_steps}: use a positive number or set config.epochs.")
     if config.get("pretrained_dir") and not config.get("model_name") and not config.get("pretrained_path"):
         raise ConfigError("config.pretrained_dir needs config.model_name to name the file (DIR/<model_name>.npz).")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_size(v) -> bool:
+    """A positive int, or a pair of them."""
+    if _is_int(v):
+        return v > 0
+    return isinstance(v, tuple | list) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v)
+
+
+def _check_ranges(config, kw: dict) -> None:
+    """Every number a run reads is in its range, so no bad value reaches JAX or trains silently."""
+    t = kw["transformer"]
+    resnet = kw.get("resnet") or {}
+    positive_int = "use a positive whole number"
+    rate = "use a rate from 0 up to, not including, 1"
+    checks = [
+        ("model.hidden_size", kw["hidden_size"], _is_int(kw["hidden_size"]) and kw["hidden_size"] > 0, positive_int),
+        ("model.patches.size", kw["patches"]["size"], _is_size(kw["patches"]["size"]), "use a pair like (16, 16)"),
+        *[
+            (f"model.transformer.{f}", t[f], _is_int(t[f]) and t[f] > 0, positive_int)
+            for f in ("mlp_dim", "num_heads", "num_layers")
+        ],
+        *[
+            (f"model.transformer.{f}", t.get(f, 0.0), _is_number(t.get(f, 0.0)) and 0 <= t.get(f, 0.0) < 1, rate)
+            for f in ("dropout_rate", "attention_dropout_rate")
+        ],
+        ("model.droppath_rate", kw.get("droppath_rate", 0.0), 0 <= kw.get("droppath_rate", 0.0) < 1, rate),
+        (
+            "model.representation_size",
+            kw.get("representation_size"),
+            kw.get("representation_size") is None
+            or (_is_int(kw["representation_size"]) and kw["representation_size"] > 0),
+            "use a positive whole number, or None for no pre-logits layer",
+        ),
+        (
+            "model.attention_impl",
+            kw.get("attention_impl", "auto"),
+            kw.get("attention_impl", "auto") in models_vit.ATTENTION_IMPLS,
+            f"choose one of {', '.join(models_vit.ATTENTION_IMPLS)}",
+        ),
+        (
+            "model.resnet.num_layers",
+            resnet.get("num_layers", ()),
+            all(_is_int(n) and n > 0 for n in resnet.get("num_layers", ())),
+            "use a tuple of positive block counts per stage, like (3, 4, 9), or () for the root alone",
+        ),
+        (
+            "model.resnet.width_factor",
+            resnet.get("width_factor", 1),
+            _is_number(resnet.get("width_factor", 1)) and resnet.get("width_factor", 1) > 0,
+            "use a positive number",
+        ),
+        ("pp.crop", config.pp.crop, _is_size(config.pp.crop), "use a positive size or a pair of them"),
+        (
+            "pp.resize",
+            config.pp.get("resize"),
+            config.pp.get("resize") is None or _is_size(config.pp.resize),
+            "use a positive size, or leave it unset to decode at the crop size",
+        ),
+        ("lr.base", config.lr.base, config.lr.base >= 0, "use a positive learning rate"),
+        ("lr.end", config.lr.end, config.lr.end >= 0, "use 0 or a positive learning rate"),
+        ("lr.warmup_steps", config.lr.warmup_steps, config.lr.warmup_steps >= 0, "use 0 or more steps"),
+        ("label_smoothing", config.label_smoothing, 0 <= config.label_smoothing < 1, rate),
+        (
+            "grad_clip_norm",
+            config.grad_clip_norm,
+            config.grad_clip_norm is None or config.grad_clip_norm >= 0,
+            "use a positive norm, or 0 for none",
+        ),
+        ("optim.weight_decay", config.optim.weight_decay, config.optim.weight_decay >= 0, "use 0 or more"),
+        (
+            "optim.mu_dtype",
+            config.optim.get("mu_dtype", "float32"),
+            config.optim.get("mu_dtype", "float32") in ("float32", "bfloat16"),
+            "use 'float32' or 'bfloat16'",
+        ),
+        (
+            "epochs",
+            config.get("epochs"),
+            config.get("epochs") is None or config.epochs > 0,
+            "use a positive number, or leave it unset to run config.total_steps",
+        ),
+        (
+            "eval_batch",
+            config.get("eval_batch"),
+            config.get("eval_batch") is None or config.eval_batch > 0,
+            "use a positive number, or leave it unset to evaluate in batches of config.batch",
+        ),
+        *[
+            (f, config.get(f, 0), _is_int(config.get(f, 0)) and config.get(f, 0) >= 0, "use 0 or more")
+            for f in ("seed", "train_subset_seed")
+        ],
+    ]
+    for field, value, ok, fix in checks:
+        if not ok:
+            raise ConfigError(f"config.{field}={value!r}: {fix}.")
+    if config.lr.base == 0:
+        log.warning("config.lr.base=0: the parameters will not change (an evaluation run?).")
+    if config.lr.warmup_steps and config.total_steps > 0 and config.lr.warmup_steps > config.total_steps:
+        log.warning(
+            "config.lr.warmup_steps=%d is more than config.total_steps=%d: the learning rate never reaches "
+            "config.lr.base.",
+            config.lr.warmup_steps,
+            config.total_steps,
+        )
 
 
 def check_files(config) -> None:
@@ -374,10 +489,25 @@ class NumericalError(RuntimeError):
     """A non-finite loss or gradient; the message names the step and the last good checkpoint."""
 
 
+class StoppedEarly(BaseException):
+    """A stop signal arrived before the training loop began: there was nothing new to save.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way (a
+    restore that would take it for a damaged checkpoint, an image decoder) catches it.
+    """
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
 class StopSignals:
     """SIGTERM (a scheduler's preemption) and SIGINT ask the loop to save and stop.
 
-    Handlers are installed only in the main thread and restored on exit. A second
+    Handlers are installed only in the main thread and restored on exit. Before the loop
+    there is no new step to save: a single-process run stops with StoppedEarly, at once
+    while it reads data (`immediate`, when nothing runs that an exception could leave
+    half-done), else as soon as the step is compiled and the state restored. A second
     SIGINT interrupts at once.
     """
 
@@ -385,12 +515,21 @@ class StopSignals:
 
     def __init__(self):
         self.received: str | None = None
+        self.immediate = False
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        if self.immediate:
+            raise StoppedEarly(self.received)
+
+    def stop_early(self) -> None:
+        """Before the loop: a signal already received ends a single-process run here. (With
+        several processes the loop's first check stops them all at the same step.)"""
+        if self.received is not None and jax.process_count() == 1:
+            raise StoppedEarly(self.received)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -428,8 +567,11 @@ def _run(config, workdir: str, is_main: bool, stop: StopSignals) -> dict[str, An
             f.write(config.to_json_best_effort(indent=1) + "\n")
     writer = metrics.MetricWriter(workdir, enabled=is_main)
 
+    stop.immediate = jax.process_count() == 1  # reading files (or a TFDS download) may take long
     train_source = input_pipeline.get_source(config, "train")
     test_source = input_pipeline.get_source(config, "test")
+    stop.immediate = False
+    stop.stop_early()
     num_classes = train_source.num_classes
     steps = total_steps(config, len(train_source))
     log.info(
@@ -513,6 +655,7 @@ def _run(config, workdir: str, is_main: bool, stop: StopSignals) -> dict[str, An
         t_last, step_last, saved = time.perf_counter(), start, start
         t_start = t_last
         next_batch = parallel.global_batch(next(batches), data_sharding) if start < steps else None
+        stop.stop_early()
         for step in range(start + 1, steps + 1):
             batch = next_batch
             state, out = train_step(state, batch, base_rng)
