@@ -102,3 +102,29 @@ def test_missing_tfds_dataset_fails_fast(tmp_path):
     with pytest.raises(input_pipeline.DataError, match=rf"'mnist' was not found in {tmp_path}.*tfds build mnist"):
         input_pipeline.get_source(config, "train")
     assert time.time() - t < 20
+
+
+def test_a_failed_download_and_a_bad_name_are_one_line(tmp_path, monkeypatch):
+    class Offline:
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self, **kw):
+            raise ConnectionError("Failed to establish a new connection\nretries exhausted")
+
+    config = tfds_config(str(tmp_path))
+    config.dataset = "mnist"
+    config.tfds_download = True
+    with monkeypatch.context() as m:
+        m.setattr(tfds, "builder", lambda *a, **kw: Offline())
+        with pytest.raises(input_pipeline.DataError) as e:
+            input_pipeline.get_source(config, "train")
+    assert str(e.value).startswith(
+        "Downloading TFDS dataset 'mnist' failed (ConnectionError: Failed to establish a new connection). "
+        "Check the network"
+    )
+    assert "\n" not in str(e.value)
+    config.dataset = "afile.txt"  # not a TFDS name: TFDS explains the name format over many lines
+    with pytest.raises(input_pipeline.DataError) as e:
+        input_pipeline.get_source(config, "train")
+    assert "\n" not in str(e.value) and "'afile.txt' was not found" in str(e.value)

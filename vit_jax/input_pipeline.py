@@ -225,13 +225,25 @@ def _tfds_builder(config):
     try:
         builder = tfds.builder(config.dataset, data_dir=data_dir)
     except Exception as e:  # DatasetNotFoundError and friends
-        raise DataError(_tfds_missing(config, f"{type(e).__name__}: {e}")) from None
+        raise DataError(_tfds_missing(config, f"{type(e).__name__}: {_first_line(e)}")) from None
     if not builder.is_prepared():
         if not config.get("tfds_download"):
             raise DataError(_tfds_missing(config, "it is not prepared there"))
         dl_config = tfds.download.DownloadConfig(manual_dir=config.get("tfds_manual_dir"))
-        builder.download_and_prepare(download_config=dl_config)
+        try:
+            builder.download_and_prepare(download_config=dl_config)
+        except Exception as e:  # no network, a refused URL, a missing manual download
+            raise DataError(
+                f"Downloading TFDS dataset {config.dataset!r} failed ({type(e).__name__}: {_first_line(e)}). "
+                f"Check the network, or prepare it on a machine with network access (`tfds build "
+                f"{config.dataset} --data_dir DIR`) and set --config.tfds_data_dir=DIR."
+            ) from None
     return builder
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _tfds_missing(config, why: str) -> str:
