@@ -338,6 +338,13 @@ def test_default_workdir():
     assert main.default_workdir("configs/vit.py:b16,cifar10") == os.path.join("runs", "vit_b16,cifar10")
 
 
+def run_main(*args):
+    """`python -m vit_jax.main ARGS` from the repo root; its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "vit_jax.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
 @pytest.mark.parametrize(
     "flag,message",
     [
@@ -349,13 +356,7 @@ def test_default_workdir():
     ],
 )
 def test_command_line_errors_are_one_line(tmp_path, flag, message):
-    proc = subprocess.run(
-        [sys.executable, "-m", "vit_jax.main", "--config", "configs/quickstart.py", "--workdir", str(tmp_path), flag],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_main("--config", "configs/quickstart.py", "--workdir", str(tmp_path), flag)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr
@@ -379,21 +380,7 @@ def test_command_line_errors_are_one_line(tmp_path, flag, message):
 def test_config_file_errors_are_one_line(tmp_path, config_arg, source, message):
     if source is not None:
         (tmp_path / config_arg.partition(":")[0]).write_text(source)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vit_jax.main",
-            "--config",
-            f"{tmp_path}/{config_arg}",
-            "--workdir",
-            str(tmp_path / "w"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_main("--config", f"{tmp_path}/{config_arg}", "--workdir", str(tmp_path / "w"))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr  # the flags are never parsed: no JAX log
     assert lines[0].startswith(f"error: {message.format(dir=tmp_path)}"), lines[0]
@@ -401,21 +388,7 @@ def test_config_file_errors_are_one_line(tmp_path, config_arg, source, message):
 
 def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vit_jax.main",
-            "--config",
-            "configs/quickstart.py",
-            "--workdir",
-            str(tmp_path / "afile"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_main("--config", "configs/quickstart.py", "--workdir", str(tmp_path / "afile"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert lines == [f"error: --workdir {tmp_path / 'afile'} is a file; give a directory (it is created if missing)."]

@@ -555,25 +555,6 @@ def structure_mismatch(saved, target) -> str | None:
     return "; ".join(diffs[:5]) + more
 
 
-def _process_zero_says(flag: bool) -> bool:
-    """Process 0's `flag`, on every process (a file another process may be creating right now
-    must not send the processes down different paths of collective calls)."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.broadcast_one_to_all(np.array(flag, np.int32)))
-
-
-def _all_agree(ok: bool) -> bool:
-    """Whether every process found `ok` (the same answer everywhere, so all act alike)."""
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-
-    return bool(np.all(multihost_utils.process_allgather(np.array(ok, np.int32))))
-
-
 def restore_state(workdir: str, target, keep: int) -> tuple[Any, dict] | None:
     """The newest intact checkpoint in `workdir`, restored onto `target`'s shapes and shardings.
 
@@ -586,7 +567,9 @@ def restore_state(workdir: str, target, keep: int) -> tuple[Any, dict] | None:
     """
     ocp = _ocp()
     directory = os.path.join(workdir, STATE_DIR)
-    if not _process_zero_says(os.path.isdir(directory)):  # all processes take the same path
+    # A directory another process may be creating right now must not send the processes down
+    # different paths of collective calls: process 0's view decides.
+    if not parallel.process_zero_says(os.path.isdir(directory)):
         return None
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), target)
     mngr = state_manager(workdir, keep)
@@ -597,7 +580,7 @@ def restore_state(workdir: str, target, keep: int) -> tuple[Any, dict] | None:
             try:
                 saved = mngr.item_metadata(step)["state"]
             except Exception as e:
-                saved, problem = None, f"unreadable metadata ({type(e).__name__}: {_first_line(e)})"
+                saved, problem = None, f"unreadable metadata ({parallel.error_line(e)})"
             if saved is not None:
                 mismatch = structure_mismatch(saved, abstract)
                 if mismatch is not None:  # every process reads the same metadata
@@ -616,8 +599,8 @@ def restore_state(workdir: str, target, keep: int) -> tuple[Any, dict] | None:
                     result = (restored["state"], dict(restored["meta"]))
                     problem = _checksum_problem(result[0], result[1].get("checksums"))
                 except Exception as e:
-                    problem = f"{type(e).__name__}: {_first_line(e)}"
-            if _all_agree(problem is None):
+                    problem = parallel.error_line(e)
+            if parallel.every_process(problem is None):  # all act alike
                 return _with_step(result, step)
             damaged.append((step, problem or "damaged on another process"))
             _quiet_late_read_callbacks()
@@ -662,11 +645,6 @@ def _with_step(result, step):
     state, meta = result
     meta.setdefault("step", step)
     return state, meta
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text[:300]
 
 
 def _checksum_problem(state, expected: dict[str, int] | None) -> str | None:

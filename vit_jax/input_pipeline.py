@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import parallel
 from vit_jax.models_vit import to_pair
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+IDX_NAMES = tuple(name for pair in IDX_FILES.values() for name in pair)
 DIGITS_TEST_FRACTION = 0.2
 
 
@@ -108,16 +110,23 @@ def read_idx(path: str) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def _idx_path(directory: str, name: str) -> str:
-    """`name` (gzipped) in `directory`, or the same file un-gzipped; missing: a DataError."""
+def _find_idx(directory: str, name: str) -> str | None:
+    """`name` (gzipped) in `directory`, or the same file un-gzipped; None when neither is there."""
     for candidate in (name, name.removesuffix(".gz")):
         path = os.path.join(directory, candidate)
         if os.path.isfile(path):
             return path
-    raise DataError(
-        f"IDX directory {directory} lacks {name} (or {name.removesuffix('.gz')}); it needs all four files: "
-        f"{', '.join(f for pair in IDX_FILES.values() for f in pair)}."
-    )
+    return None
+
+
+def _idx_path(directory: str, name: str) -> str:
+    path = _find_idx(directory, name)
+    if path is None:
+        raise DataError(
+            f"IDX directory {directory} lacks {name} (or {name.removesuffix('.gz')}); it needs all four files: "
+            f"{', '.join(IDX_NAMES)}."
+        )
+    return path
 
 
 def load_idx_dir(directory: str, split: str) -> ArraySource:
@@ -132,8 +141,7 @@ def load_idx_dir(directory: str, split: str) -> ArraySource:
 
 def _is_idx_dir(directory: str) -> bool:
     """Holds any of the MNIST-family files, gzipped or not."""
-    names = [f for pair in IDX_FILES.values() for f in pair]
-    return any(os.path.isfile(os.path.join(directory, n)) for f in names for n in (f, f.removesuffix(".gz")))
+    return any(_find_idx(directory, name) for name in IDX_NAMES)
 
 
 def _class_dirs(split_dir: str) -> list[str]:
@@ -225,7 +233,7 @@ def _tfds_builder(config):
     try:
         builder = tfds.builder(config.dataset, data_dir=data_dir)
     except Exception as e:  # DatasetNotFoundError and friends
-        raise DataError(_tfds_missing(config, f"{type(e).__name__}: {_first_line(e)}")) from None
+        raise DataError(_tfds_missing(config, parallel.error_line(e))) from None
     if not builder.is_prepared():
         if not config.get("tfds_download"):
             raise DataError(_tfds_missing(config, "it is not prepared there"))
@@ -234,16 +242,11 @@ def _tfds_builder(config):
             builder.download_and_prepare(download_config=dl_config)
         except Exception as e:  # no network, a refused URL, a missing manual download
             raise DataError(
-                f"Downloading TFDS dataset {config.dataset!r} failed ({type(e).__name__}: {_first_line(e)}). "
+                f"Downloading TFDS dataset {config.dataset!r} failed ({parallel.error_line(e)}). "
                 f"Check the network, or prepare it on a machine with network access (`tfds build "
                 f"{config.dataset} --data_dir DIR`) and set --config.tfds_data_dir=DIR."
             ) from None
     return builder
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _tfds_missing(config, why: str) -> str:

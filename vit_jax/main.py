@@ -125,15 +125,6 @@ def _flag_message(e: Exception) -> str:
     return f"{text}. config.{m.group(1)} takes {kind}, like the config file's {value!r}."
 
 
-def _check_workdir(workdir: str) -> None:
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UsageError(f"--workdir {workdir} is a file; give a directory (it is created if missing).")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"Cannot create --workdir {workdir} ({e.strerror}); give a writable directory.") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
@@ -149,13 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from vit_jax import checkpoint, input_pipeline, parallel, train  # heavy imports after the flags are checked
 
-    user_errors = (
-        UsageError,
-        train.ConfigError,
-        input_pipeline.DataError,
-        checkpoint.CheckpointError,
-        parallel.ParallelError,
-    )
+    user_errors = (train.ConfigError, input_pipeline.DataError, checkpoint.CheckpointError, parallel.ParallelError)
     try:
         cluster = parallel.cluster_from(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         parallel.initialize(cluster, FLAGS.initialization_timeout)
@@ -170,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train.validate(config)
         train.check_files(config)
-        _check_workdir(workdir)
         log.info("Config %s, workdir %s", config_arg, workdir)
         result = train.train_and_evaluate(config, workdir)
     except user_errors as e:

@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 log = logging.getLogger(__name__)
 
 BATCH_AXES = ("data", "fsdp")  # mesh axes that split the batch; `fsdp` also splits parameters
+DEFAULT_MESH = (("data", -1),)  # every device on the batch axis: data parallelism
 SHARDING_PRESETS = ("replicate", "fsdp")
 PEER_TIMEOUT_EXIT = 3
 
@@ -198,7 +199,7 @@ def mesh_shape(spec: Sequence[Sequence[Any]], num_devices: int) -> tuple[tuple[s
     return tuple(names), tuple(sizes)
 
 
-def make_mesh(spec: Sequence[Sequence[Any]] = (("data", -1),)) -> jax.sharding.Mesh:
+def make_mesh(spec: Sequence[Sequence[Any]] = DEFAULT_MESH) -> jax.sharding.Mesh:
     """The mesh over every device of every process (Auto axis types, as Linen code needs)."""
     names, sizes = mesh_shape(spec, jax.device_count())
     return jax.make_mesh(sizes, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
@@ -253,6 +254,14 @@ def constrain_batch(x):
 
 
 # ----------------------------------------------------------------------------- parameter sharding
+
+
+def error_line(e: BaseException) -> str:
+    """'TypeName: the first line of its message' (at most 300 characters), for one-line reports
+    of errors raised by libraries whose messages run over many lines."""
+    text = str(e).strip()
+    first = text.splitlines()[0][:300] if text else type(e).__name__
+    return f"{type(e).__name__}: {first}"
 
 
 def path_name(path) -> str:
@@ -383,6 +392,20 @@ def any_process(flag: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(np.any(multihost_utils.process_allgather(np.array(bool(flag), np.int32))))
+
+
+def every_process(flag: bool) -> bool:
+    """Whether `flag` is true on every process (a collective: every process must call it)."""
+    return not any_process(not flag)
+
+
+def process_zero_says(flag: bool) -> bool:
+    """Process 0's `flag`, on every process (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.array(bool(flag), np.int32)))
 
 
 def to_host(tree):

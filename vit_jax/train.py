@@ -123,7 +123,7 @@ def validate(config, num_devices: int | None = None) -> None:
     if config.accum_steps < 1:
         raise ConfigError(f"config.accum_steps={config.accum_steps}: use 1 or more.")
     try:
-        names, sizes = parallel.mesh_shape(config.get("mesh", (("data", -1),)), num_devices)
+        names, sizes = parallel.mesh_shape(config.get("mesh", parallel.DEFAULT_MESH), num_devices)
         parallel.sharding_rules(config)
     except parallel.ParallelError as e:
         raise ConfigError(str(e)) from None
@@ -161,92 +161,99 @@ def _is_size(v) -> bool:
     return isinstance(v, tuple | list) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v)
 
 
+def _positive_int(v) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _non_negative(v) -> bool:
+    return _is_number(v) and v >= 0
+
+
+def _rate(v) -> bool:
+    return _is_number(v) and 0 <= v < 1
+
+
+def _unset_or(ok):
+    return lambda v: v is None or ok(v)
+
+
 def _check_ranges(config, kw: dict) -> None:
     """Every number a run reads is in its range, so no bad value reaches JAX or trains silently."""
     t = kw["transformer"]
     resnet = kw.get("resnet") or {}
     positive_int = "use a positive whole number"
     rate = "use a rate from 0 up to, not including, 1"
-    checks = [
-        ("model.hidden_size", kw["hidden_size"], _is_int(kw["hidden_size"]) and kw["hidden_size"] > 0, positive_int),
-        ("model.patches.size", kw["patches"]["size"], _is_size(kw["patches"]["size"]), "use a pair like (16, 16)"),
+    checks = [  # (field, value, test, what to do instead)
+        ("model.hidden_size", kw["hidden_size"], _positive_int, positive_int),
+        ("model.patches.size", kw["patches"]["size"], _is_size, "use a pair like (16, 16)"),
         *[
-            (f"model.transformer.{f}", t[f], _is_int(t[f]) and t[f] > 0, positive_int)
+            (f"model.transformer.{f}", t[f], _positive_int, positive_int)
             for f in ("mlp_dim", "num_heads", "num_layers")
         ],
-        *[
-            (f"model.transformer.{f}", t.get(f, 0.0), _is_number(t.get(f, 0.0)) and 0 <= t.get(f, 0.0) < 1, rate)
-            for f in ("dropout_rate", "attention_dropout_rate")
-        ],
-        ("model.droppath_rate", kw.get("droppath_rate", 0.0), 0 <= kw.get("droppath_rate", 0.0) < 1, rate),
+        *[(f"model.transformer.{f}", t.get(f, 0.0), _rate, rate) for f in ("dropout_rate", "attention_dropout_rate")],
+        ("model.droppath_rate", kw.get("droppath_rate", 0.0), _rate, rate),
         (
             "model.representation_size",
             kw.get("representation_size"),
-            kw.get("representation_size") is None
-            or (_is_int(kw["representation_size"]) and kw["representation_size"] > 0),
+            _unset_or(_positive_int),
             "use a positive whole number, or None for no pre-logits layer",
         ),
         (
             "model.attention_impl",
             kw.get("attention_impl", "auto"),
-            kw.get("attention_impl", "auto") in models_vit.ATTENTION_IMPLS,
+            lambda v: v in models_vit.ATTENTION_IMPLS,
             f"choose one of {', '.join(models_vit.ATTENTION_IMPLS)}",
         ),
         (
             "model.resnet.num_layers",
             resnet.get("num_layers", ()),
-            all(_is_int(n) and n > 0 for n in resnet.get("num_layers", ())),
+            lambda v: all(_positive_int(n) for n in v),
             "use a tuple of positive block counts per stage, like (3, 4, 9), or () for the root alone",
         ),
         (
             "model.resnet.width_factor",
             resnet.get("width_factor", 1),
-            _is_number(resnet.get("width_factor", 1)) and resnet.get("width_factor", 1) > 0,
+            lambda v: _is_number(v) and v > 0,
             "use a positive number",
         ),
-        ("pp.crop", config.pp.crop, _is_size(config.pp.crop), "use a positive size or a pair of them"),
+        ("pp.crop", config.pp.crop, _is_size, "use a positive size or a pair of them"),
         (
             "pp.resize",
             config.pp.get("resize"),
-            config.pp.get("resize") is None or _is_size(config.pp.resize),
+            _unset_or(_is_size),
             "use a positive size, or leave it unset to decode at the crop size",
         ),
-        ("lr.base", config.lr.base, config.lr.base >= 0, "use a positive learning rate"),
-        ("lr.end", config.lr.end, config.lr.end >= 0, "use 0 or a positive learning rate"),
-        ("lr.warmup_steps", config.lr.warmup_steps, config.lr.warmup_steps >= 0, "use 0 or more steps"),
-        ("label_smoothing", config.label_smoothing, 0 <= config.label_smoothing < 1, rate),
-        (
-            "grad_clip_norm",
-            config.grad_clip_norm,
-            config.grad_clip_norm is None or config.grad_clip_norm >= 0,
-            "use a positive norm, or 0 for none",
-        ),
-        ("optim.weight_decay", config.optim.weight_decay, config.optim.weight_decay >= 0, "use 0 or more"),
+        ("lr.base", config.lr.base, _non_negative, "use a positive learning rate"),
+        ("lr.end", config.lr.end, _non_negative, "use 0 or a positive learning rate"),
+        ("lr.warmup_steps", config.lr.warmup_steps, _non_negative, "use 0 or more steps"),
+        ("label_smoothing", config.label_smoothing, _rate, rate),
+        ("grad_clip_norm", config.grad_clip_norm, _unset_or(_non_negative), "use a positive norm, or 0 for none"),
+        ("optim.weight_decay", config.optim.weight_decay, _non_negative, "use 0 or more"),
         (
             "optim.mu_dtype",
             config.optim.get("mu_dtype", "float32"),
-            config.optim.get("mu_dtype", "float32") in ("float32", "bfloat16"),
+            lambda v: v in ("float32", "bfloat16"),
             "use 'float32' or 'bfloat16'",
         ),
         (
             "epochs",
             config.get("epochs"),
-            config.get("epochs") is None or config.epochs > 0,
+            _unset_or(lambda v: _is_number(v) and v > 0),
             "use a positive number, or leave it unset to run config.total_steps",
         ),
         (
             "eval_batch",
             config.get("eval_batch"),
-            config.get("eval_batch") is None or config.eval_batch > 0,
+            _unset_or(_positive_int),
             "use a positive number, or leave it unset to evaluate in batches of config.batch",
         ),
         *[
-            (f, config.get(f, 0), _is_int(config.get(f, 0)) and config.get(f, 0) >= 0, "use 0 or more")
+            (f, config.get(f, 0), lambda v: _is_int(v) and v >= 0, "use 0 or more")
             for f in ("seed", "train_subset_seed")
         ],
     ]
     for field, value, ok, fix in checks:
-        if not ok:
+        if not ok(value):
             raise ConfigError(f"config.{field}={value!r}: {fix}.")
     if config.lr.base == 0:
         log.warning("config.lr.base=0: the parameters will not change (an evaluation run?).")
@@ -257,6 +264,16 @@ def _check_ranges(config, kw: dict) -> None:
             config.lr.warmup_steps,
             config.total_steps,
         )
+
+
+def check_workdir(workdir: str) -> None:
+    """The workdir is a directory, or can be made one."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} is a file; give a directory (it is created if missing).")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"Cannot create --workdir {workdir} ({e.strerror}); give a writable directory.") from None
 
 
 def check_files(config) -> None:
@@ -413,7 +430,7 @@ class Program:
 
 
 def build(config, num_classes: int, steps: int, mesh=None) -> Program:
-    mesh = mesh or parallel.make_mesh(config.get("mesh", (("data", -1),)))
+    mesh = mesh or parallel.make_mesh(config.get("mesh", parallel.DEFAULT_MESH))
     data_sharding, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     kw = model_kwargs(config)
     if jax.default_backend() == "cpu" and kw.get("remat", "none") != "none" and not kw.get("scan"):
@@ -551,6 +568,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     validate(config)
     check_files(config)
+    check_workdir(workdir)
     is_main = jax.process_index() == 0
     lock = checkpoint.WorkdirLock(workdir).acquire() if is_main else None
     try:
@@ -764,4 +782,4 @@ def _close_quietly(mngr) -> None:
     try:
         mngr.close()
     except Exception as e:
-        log.warning("Closing the checkpoint manager: %s: %s", type(e).__name__, str(e).splitlines()[0][:300])
+        log.warning("Closing the checkpoint manager: %s", parallel.error_line(e))
