@@ -57,17 +57,13 @@ def compile_bytes(model: str, layout: str, devices: int, per_device: int) -> dic
 
 def param_count(model: str) -> int:
     """Parameters of the step's model, from the abstract train state (nothing allocated)."""
-    import importlib.util
-
     import jax
     import numpy as np
 
+    from vit_jax import config as config_lib
     from vit_jax import train
 
-    spec = importlib.util.spec_from_file_location("pretrain", os.path.join(ROOT, "configs", "pretrain.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(f"imagenet2012,{model}")
+    config = config_lib.load_file(os.path.join(ROOT, "configs", f"pretrain.py:imagenet2012,{model}"))
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     state = jax.eval_shape(train.build(config, 1000, steps=1, mesh=mesh).init_state, jax.random.PRNGKey(0))
     return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state["params"]))

@@ -1,8 +1,12 @@
-"""Shared test helpers: tiny model configs and random parameters."""
+"""Shared test helpers: tiny model and run configs, random parameters, the command line, the
+real datasets in shared/data. Test modules import from here, never from each other."""
 
 import atexit
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -18,8 +22,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.environ.get("VIT_JAX_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
 
 
 def tiny_config(**overrides):
@@ -55,3 +63,63 @@ def rel_err(a, b):
 @pytest.fixture
 def images():
     return np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+
+
+def tiny_run_config(**overrides) -> ml_collections.ConfigDict:
+    """Digits, a 1-block ViT of width 16: a few seconds per run. Overrides are dotted field names."""
+    from vit_jax.configs import common
+
+    c = common.get_config()
+    c.dataset = "digits"
+    c.pp.crop = 8
+    c.pp.area_min = 0.8
+    c.pp.flip = False
+    c.pp.channels = 1
+    c.model.hidden_size = 16
+    c.model.patches.size = (2, 2)
+    c.model.transformer.mlp_dim = 32
+    c.model.transformer.num_heads = 2
+    c.model.transformer.num_layers = 1
+    c.model.transformer.dropout_rate = 0.1
+    c.model.transformer.attention_dropout_rate = 0.0
+    c.batch = 32
+    c.total_steps = 40
+    c.optim.name = "adamw"
+    c.lr.base = 1e-2
+    c.lr.warmup_steps = 5
+    c.progress_every = 10
+    c.eval_every = 20
+    c.checkpoint_every = 10
+    for k, v in overrides.items():
+        target = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = v
+    return c
+
+
+def read_metrics(workdir):
+    """The records of a run's metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def run_main(*args, timeout=120):
+    """`python -m vit_jax.main ARGS` from the repo root, to its end; its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "vit_jax.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The `error:` lines a command printed."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def shared(name):
+    """A real dataset from shared/data, or a skip that says where it was looked for."""
+    path = os.path.join(SHARED_DATA, name)
+    if not os.path.isdir(path):
+        pytest.skip(f"real dataset {name} not found at {path} (set VIT_JAX_SHARED_DATA to its parent folder)")
+    return path

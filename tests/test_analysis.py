@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import hybrid_config, perturb, tiny_config
+from conftest import hybrid_config, perturb, tiny_config, tiny_run_config
 from PIL import Image
 
 from vit_jax import analysis, analyze, checkpoint, models, predict, train
@@ -119,8 +119,6 @@ def test_hybrid_tokens_are_measured_in_input_pixels():
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from test_train import tiny_run_config
-
     workdir = tmp_path_factory.mktemp("run")
     train.train_and_evaluate(tiny_run_config(total_steps=30), str(workdir))
     return workdir

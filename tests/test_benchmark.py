@@ -2,16 +2,14 @@
 FLOP count agrees with a count worked out by hand from the model's matrix products."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from vit_jax import benchmark
 from vit_jax.configs import common
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bench_config(**model):

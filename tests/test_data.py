@@ -9,21 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import shared
 from PIL import Image
 
-from vit_jax import input_pipeline
+from vit_jax import input_pipeline, preprocess
 from vit_jax.configs import common
 from vit_jax.input_pipeline import DataError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.environ.get("VIT_JAX_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
-
-
-def shared(name):
-    path = os.path.join(SHARED_DATA, name)
-    if not os.path.isdir(path):
-        pytest.skip(f"real dataset {name} not found at {path} (set VIT_JAX_SHARED_DATA to its parent folder)")
-    return path
 
 
 def write_idx(directory, split, images, labels):
@@ -184,7 +175,7 @@ def test_real_image_folders():
 def test_preprocess_eval_scales_and_repeats_channels():
     images = jnp.asarray(np.array([0, 255, 127.5], np.float32).reshape(1, 1, 3, 1))
     pp = {"crop": (1, 3), "area_min": 1.0, "flip": False, "channels": 3}
-    x = input_pipeline.preprocess_eval(images, pp)
+    x = preprocess.preprocess_eval(images, pp)
     assert x.shape == (1, 1, 3, 3)
     np.testing.assert_allclose(x[0, 0, :, 0], [-1.0, 1.0, 0.0])
     np.testing.assert_array_equal(x[..., 0], x[..., 2])
@@ -192,7 +183,7 @@ def test_preprocess_eval_scales_and_repeats_channels():
 
 def test_inception_boxes_stay_inside_and_cover_the_area_range():
     keys = jax.random.split(jax.random.PRNGKey(0), 2000)
-    top, left, h, w = jax.vmap(lambda k: input_pipeline.inception_box(k, 28, 28, (0.05, 1.0)))(keys)
+    top, left, h, w = jax.vmap(lambda k: preprocess.inception_box(k, 28, 28, (0.05, 1.0)))(keys)
     assert np.all(top >= 0) and np.all(left >= 0)
     assert np.all(top + h <= 28 + 1e-4) and np.all(left + w <= 28 + 1e-4)
     area = np.asarray(h * w) / 28**2
@@ -205,9 +196,9 @@ def test_preprocess_train_crops_flips_and_stays_in_range():
     image = np.zeros((1, 16, 16, 1), np.uint8)
     image[:, :, :8] = 255  # left half white
     pp = {"crop": 16, "area_min": 1.0, "flip": True, "channels": 1}
-    outs = [input_pipeline.preprocess_train(jnp.asarray(image), jax.random.PRNGKey(s), pp) for s in range(12)]
+    outs = [preprocess.preprocess_train(jnp.asarray(image), jax.random.PRNGKey(s), pp) for s in range(12)]
     lefts = {float(o[0, 8, 2, 0]) for o in outs}
     assert lefts == {-1.0, 1.0}  # some flipped, some not
     pp = {"crop": 8, "area_min": 0.05, "flip": False, "channels": 3}
-    x = input_pipeline.preprocess_train(jnp.asarray(np.repeat(image, 4, 0)), jax.random.PRNGKey(1), pp)
+    x = preprocess.preprocess_train(jnp.asarray(np.repeat(image, 4, 0)), jax.random.PRNGKey(1), pp)
     assert x.shape == (4, 8, 8, 3) and float(x.min()) >= -1.0 - 1e-5 and float(x.max()) <= 1.0 + 1e-5

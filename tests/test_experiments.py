@@ -13,13 +13,12 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from experiments import sweep as sw
-from vit_jax import input_pipeline, train
+from vit_jax import config as config_lib
+from vit_jax import input_pipeline
 from vit_jax.configs import common
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # ----------------------------------------------------------------------------- pieces
 
@@ -56,10 +55,10 @@ def test_train_examples_cuts_only_the_training_split():
 def test_hybrid_fields_in_the_config():
     c = common.get_config()
     common.small_vit(c, hidden=32, mlp=64, heads=4, layers=2, patch=2)
-    assert "resnet" not in train.model_kwargs(c)  # unset: a pure ViT, as before
+    assert "resnet" not in config_lib.model_kwargs(c)  # unset: a pure ViT, as before
     c.model.resnet.num_layers = ()
     c.model.patches.size = (1, 1)
-    assert train.model_kwargs(c)["resnet"] == {"num_layers": (), "width_factor": 1}
+    assert config_lib.model_kwargs(c)["resnet"] == {"num_layers": (), "width_factor": 1}
 
 
 def test_values_keys_and_statistics():

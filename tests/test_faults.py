@@ -19,11 +19,11 @@ import time
 import jax
 import numpy as np
 import pytest
-from test_train import tiny_run_config
+from conftest import ROOT, error_lines, tiny_run_config
 
-from vit_jax import checkpoint, input_pipeline, train
+from vit_jax import checkpoint, input_pipeline, preemption, train, train_state
+from vit_jax import config as config_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = [
     "--config",
     "configs/quickstart.py",
@@ -166,11 +166,11 @@ def test_a_stop_signal_before_the_loop_stops_at_once_and_keeps_the_checkpoints(
 
     monkeypatch.setattr(target, name, signalled)
     t = time.time()
-    with pytest.raises(train.StoppedEarly) as e:
+    with pytest.raises(preemption.StoppedEarly) as e:
         train.train_and_evaluate(tiny_run_config(total_steps=30), str(workdir))
     assert e.value.signal_name == "SIGTERM" and time.time() - t < 60
     assert sorted(os.listdir(workdir / "checkpoints")) == before
-    assert not (workdir / checkpoint.DAMAGED_DIR).exists() and not (workdir / "model.npz").exists()
+    assert not (workdir / train_state.Workdir.DAMAGED).exists() and not (workdir / "model.npz").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are restored
 
 
@@ -221,7 +221,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact(two_checkpoin
     with caplog.at_level(logging.WARNING):
         train.train_and_evaluate(tiny_run_config(total_steps=20), str(workdir))
     assert any("Checkpoint step 20" in r.message and "damaged" in r.message for r in caplog.records), caplog.text
-    assert os.path.isdir(workdir / checkpoint.DAMAGED_DIR / "20")  # kept for inspection, not deleted
+    assert os.path.isdir(workdir / train_state.Workdir.DAMAGED / "20")  # kept for inspection, not deleted
     got = checkpoint.load(str(workdir / "model.npz"))  # resumed from 10, retrained to 20: the same parameters
     jax.tree.map(np.testing.assert_array_equal, got, expected)
 
@@ -251,18 +251,18 @@ def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(two_checkpoints,
 def test_checksums_see_one_bit_and_not_the_layout():
     a = np.arange(24, dtype=np.float32).reshape(4, 6)
     state = {"w": a, "step": np.int32(3)}
-    sums = checkpoint.state_checksums(state)
-    assert checkpoint.state_checksums(jax.device_put(state)) == sums  # host or device: the same
+    sums = train_state.state_checksums(state)
+    assert train_state.state_checksums(jax.device_put(state)) == sums  # host or device: the same
     flipped = a.copy()
     flipped.view(np.uint32)[2, 3] ^= 1  # the lowest mantissa bit of one element
-    assert checkpoint.state_checksums({"w": flipped, "step": np.int32(3)})["w"] != sums["w"]
+    assert train_state.state_checksums({"w": flipped, "step": np.int32(3)})["w"] != sums["w"]
     swapped = a.copy()
     swapped[0, 0], swapped[0, 1] = a[0, 1], a[0, 0]
-    assert checkpoint.state_checksums({"w": swapped, "step": np.int32(3)})["w"] != sums["w"]
+    assert train_state.state_checksums({"w": swapped, "step": np.int32(3)})["w"] != sums["w"]
     # By hand for a 2-element uint32 view: bits x (2 i + 1), modulo 2**32.
     b = np.array([1.0, 2.0], np.float32)
     bits = b.view(np.uint32).astype(np.uint64)
-    assert checkpoint.state_checksums({"b": b})["b"] == int((bits[0] * 1 + bits[1] * 3) % 2**32)
+    assert train_state.state_checksums({"b": b})["b"] == int((bits[0] * 1 + bits[1] * 3) % 2**32)
 
 
 def test_checkpoint_of_another_model_names_the_parameters(two_checkpoints, tmp_path):
@@ -301,7 +301,7 @@ def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     assert steps and max(steps) < bad, (steps, bad)
     assert f"the last good checkpoint is step {max(steps)}" in str(info.value)
-    state, meta = checkpoint.restore_state(str(tmp_path), _abstract_state(_exploding()), 3)
+    state, meta = train_state.restore_state(str(tmp_path), _abstract_state(_exploding()), 3)
     assert meta["step"] == max(steps)
     assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(state["params"]))
 
@@ -317,7 +317,7 @@ def test_skipping_non_finite_steps_is_a_choice(tmp_path, caplog):
 
 
 def _abstract_state(config):
-    prog = train.build(config, 10, int(config.total_steps))
+    prog = train.build(config_lib.resolve(config, 1), 10, int(config.total_steps))
     return prog.init_state(jax.random.PRNGKey(0))
 
 
@@ -349,7 +349,7 @@ def test_a_failing_checkpoint_write_leaves_the_earlier_ones_usable(two_checkpoin
         return [FullDisk(f) for f in futures or []] or [FullDisk(_Done())]
 
     monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", failing)
-    with pytest.raises(checkpoint.CheckpointWriteError, match=r"No space left on device.*steps 10\) are intact"):
+    with pytest.raises(train_state.CheckpointWriteError, match=r"No space left on device.*steps 10\) are intact"):
         train.train_and_evaluate(tiny_run_config(total_steps=20), str(tmp_path))
     monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", original)
     assert not (tmp_path / "model.npz").exists()
@@ -367,14 +367,14 @@ class _Done:
 
 def test_a_busy_workdir_is_refused_until_its_run_is_gone(tmp_path):
     hold = (
-        f"from vit_jax import checkpoint; import time; checkpoint.WorkdirLock({str(tmp_path)!r}).acquire(); "
+        f"from vit_jax import train_state; import time; train_state.WorkdirLock({str(tmp_path)!r}).acquire(); "
         "print('held', flush=True); time.sleep(120)"
     )
     holder = subprocess.Popen([sys.executable, "-c", hold], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     t = time.time()
     with pytest.raises(
-        checkpoint.CheckpointError, match=rf"in use by another run \(pid {holder.pid} on .*another --workdir"
+        train_state.WorkdirError, match=rf"in use by another run \(pid {holder.pid} on .*another --workdir"
     ):
         train.train_and_evaluate(tiny_run_config(total_steps=2), str(tmp_path))
     assert time.time() - t < 5
@@ -405,7 +405,7 @@ def test_pretrained_checkpoint_of_another_architecture_is_named(tmp_path):
     from vit_jax import models
 
     other = tiny_run_config(**{"model.hidden_size": 24, "model.transformer.mlp_dim": 32})
-    params = models.VisionTransformer(num_classes=10, **train.model_kwargs(other)).init(
+    params = models.VisionTransformer(num_classes=10, **config_lib.model_kwargs(other)).init(
         jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1)), train=False
     )["params"]
     checkpoint.save(params, str(tmp_path / "other.npz"))
@@ -431,7 +431,7 @@ def test_bad_input_through_the_command_ends_in_one_line(tmp_path, extra, message
         timeout=60,
     )
     assert proc.returncode == 2 and time.time() - t < 30
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(proc.stderr)
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 

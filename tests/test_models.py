@@ -8,7 +8,7 @@ import pytest
 from conftest import hybrid_config, perturb, rel_err, tiny_config
 from reference_numpy import vit_forward
 
-from vit_jax import checkpoint, models, models_vit
+from vit_jax import checkpoint, models, models_posemb, models_vit
 from vit_jax.configs.models import MODEL_CONFIGS, SHORT_NAMES, get_config
 
 # Parameter counts of the original release at 224 px with 1000 classes.
@@ -167,7 +167,7 @@ def test_map_head_attends_with_a_learned_probe(images):
 
 def test_relative_position_index_on_a_2x3_grid():
     # Patches in row-major order: p = (row, col). Offsets (dr, dc) shifted by (1, 2) into a 3x5 table.
-    idx = models_vit.relative_position_index(2, 3)
+    idx = models_posemb.relative_position_index(2, 3)
     assert idx.shape == (6, 6)
     coords = [(r, c) for r in range(2) for c in range(3)]
     for p, (r1, c1) in enumerate(coords):
@@ -223,7 +223,7 @@ def test_learn_2d_concatenates_row_and_column_embeddings():
     p = perturb(init(model, x), scale=0.5)
     pe = p["Transformer"]["posembed_input"]
     assert pe["row_embedding"].shape == (2, 16) and pe["col_embedding"].shape == (3, 16)
-    layer = models_vit.AddPositionEmbs2D(grid_shape=(2, 3), num_prefix_tokens=1)
+    layer = models_posemb.AddPositionEmbs2D(grid_shape=(2, 3), num_prefix_tokens=1)
     tokens = np.zeros((1, 7, 32), np.float32)
     added = np.asarray(layer.apply({"params": pe}, tokens))
     assert not added[0, 0].any()  # the cls token gets no embedding
@@ -234,7 +234,7 @@ def test_learn_2d_concatenates_row_and_column_embeddings():
 
 
 def test_sincos2d_embedding_values():
-    pe = models_vit.posemb_sincos_2d(2, 3, 8)
+    pe = models_posemb.posemb_sincos_2d(2, 3, 8)
     assert pe.shape == (6, 8)
     # width 8 -> 2 frequencies: 1 and 1/100. Patch (row 1, col 2) is index 5.
     x, y = 2.0, 1.0
@@ -250,7 +250,7 @@ def test_sincos2d_embedding_values():
     ]
     np.testing.assert_allclose(pe[5], expected, rtol=1e-6)
     with pytest.raises(ValueError, match="divisible by 4"):
-        models_vit.posemb_sincos_2d(2, 2, 6)
+        models_posemb.posemb_sincos_2d(2, 2, 6)
 
 
 @pytest.mark.parametrize("posemb", ["none", "sincos2d", "learn_2d", "relative"])
@@ -298,9 +298,9 @@ def test_num_heads_must_divide_hidden_size():
 @pytest.mark.parametrize(
     "field,value,message",
     [
-        ("classifier", "cls", "Unknown classifier"),
-        ("posemb", "2d", "Unknown posemb"),
-        ("remat", "some", "Unknown remat"),
+        ("classifier", "cls", "classifier='cls': choose one of token, gap"),
+        ("posemb", "2d", "posemb='2d': choose one of learn"),
+        ("remat", "some", "remat='some': choose one of none, full, dots"),
     ],
 )
 def test_unknown_options_are_named(images, field, value, message):

@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 2e-5
 TINY = [
     "--config",
@@ -164,6 +164,7 @@ MEMORY_PROBE = """
 import json
 import jax
 from vit_jax import benchmark, parallel, train
+from vit_jax import config as config_lib
 from vit_jax.configs import common
 
 def step_bytes(sharding, batch):
@@ -172,7 +173,7 @@ def step_bytes(sharding, batch):
     c.pp.crop, c.pp.channels, c.batch, c.model.scan, c.optim.name = 32, 3, batch, True, "adam"
     if sharding == "fsdp":
         c.mesh, c.sharding, c.fsdp_min_size = (("fsdp", -1),), "fsdp", 1000
-    prog = train.build(c, 10, steps=10)
+    prog = train.build(config_lib.resolve(c), 10, steps=10)
     state = jax.eval_shape(prog.init_state, jax.random.PRNGKey(0))
     data = parallel.global_batch(benchmark.synthetic_batch(c, batch, 10), prog.data_sharding)
     return benchmark.memory_bytes(prog.train_step.lower(state, data, jax.random.PRNGKey(1)).compile())
@@ -288,24 +289,51 @@ def test_fsdp_spec_by_hand():
 
 
 def test_config_errors_name_the_mesh_and_the_batch():
-    from vit_jax import train
+    from vit_jax import config as config_lib
     from vit_jax.configs import common
 
     c = common.get_config()
     common.small_vit(c, hidden=32, mlp=64, heads=4, layers=2, patch=2)
     c.pp.crop, c.batch = 8, 24
     c.mesh = (("data", 2), ("fsdp", -1))
-    with pytest.raises(train.ConfigError, match=r"batch=24 is not divisible by the device count \(8\) times"):
+    with pytest.raises(config_lib.ConfigError, match=r"batch=24 is not divisible by the device count \(8\) times"):
         c.accum_steps = 2
-        train.validate(c, num_devices=8)
+        config_lib.validate(c, num_devices=8)
     c.mesh = (("data", 2), ("model", -1))
     c.batch = 6
     c.accum_steps = 1
-    train.validate(c, num_devices=8)  # the batch is split over `data` only: 6 % 2 == 0
+    config_lib.validate(c, num_devices=8)  # the batch is split over `data` only: 6 % 2 == 0
     c.mesh = (("data", 3),)
-    with pytest.raises(train.ConfigError, match="has 3 devices but there are 8"):
-        train.validate(c, num_devices=8)
+    with pytest.raises(config_lib.ConfigError, match="has 3 devices but there are 8"):
+        config_lib.validate(c, num_devices=8)
     c.mesh = (("data", -1),)
     c.sharding = "zero3"
-    with pytest.raises(train.ConfigError, match="config.sharding='zero3': choose one of replicate, fsdp"):
-        train.validate(c, num_devices=8)
+    with pytest.raises(config_lib.ConfigError, match="config.sharding='zero3': choose one of replicate, fsdp"):
+        config_lib.validate(c, num_devices=8)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path):
+    """A preemption notice may reach one host only: every process must stop at the same step and
+    save it together (the collective decision), and the run resumes from that step."""
+    workdir = tmp_path / "stopped"
+    long_run = ["--config.total_steps=400", "--config.checkpoint_every=1000"]
+    procs = launch(workdir, processes=2, devices=1, extra=long_run)
+    head = []
+    deadline = time.time() + 120
+    while time.time() < deadline:  # process 0 logs every step; wait until the loop runs
+        line = procs[0].stdout.readline()
+        head.append(line)
+        if not line or line.split("|")[0].strip().endswith("step 3/400"):
+            break
+    procs[1].send_signal(signal.SIGTERM)  # process 0 receives nothing itself
+    outs = finish(procs)
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outs]
+    assert results[0]["stopped"] == "SIGTERM", "".join(head)[-2000:] + outs[0][-2000:]
+    assert results[0] == results[1]
+    step = results[0]["step"]
+    assert 3 <= step < 400
+    assert (workdir / "checkpoints" / str(step)).is_dir()
+    assert not (workdir / "model.npz").exists()
+    out = train(workdir, extra=[f"--config.total_steps={step + 2}"])[0]
+    assert f"Resumed from {workdir / 'checkpoints'} at step {step}." in out
+    assert json.loads(out.strip().splitlines()[-1])["count"] > 0  # finished: the final evaluation ran

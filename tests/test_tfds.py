@@ -62,7 +62,7 @@ def test_tfds_source_batches_cover_the_split(data_dir):
     config = tfds_config(data_dir)
     source = input_pipeline.get_source(config, "test")
     assert (len(source), source.num_classes, source.class_names) == (11, 3, ["a", "b", "c"])
-    batches = list(input_pipeline.eval_batches(source, batch=4))
+    batches = list(source.eval_batches(batch=4))
     assert [b["image"].shape for b in batches] == [(4, 8, 8, 3)] * 3
     masks = np.concatenate([b["mask"] for b in batches])
     assert masks.sum() == 11 and masks[-1] == 0
@@ -76,9 +76,9 @@ def test_tfds_source_batches_cover_the_split(data_dir):
 
 def test_tfds_train_stream_is_reproducible_and_resumable(data_dir):
     source = input_pipeline.get_source(tfds_config(data_dir), "train")
-    it = input_pipeline.train_batches(source, batch=6, seed=3)
+    it = source.train_batches(batch=6, seed=3)
     first = [next(it)["label"] for _ in range(8)]  # 48 examples: crosses the 30-example epoch
-    resumed = input_pipeline.train_batches(source, batch=6, seed=3, start_step=5)
+    resumed = source.train_batches(batch=6, seed=3, start_step=5)
     np.testing.assert_array_equal(next(resumed)["label"], first[5])
     assert sorted(np.concatenate(first[:5]).tolist()) == sorted([i % 3 for i in range(30)])
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import models, models_vit
+from vit_jax import models, models_posemb
 
 # ----------------------------------------------------------------------------- geometry
 
@@ -154,7 +154,7 @@ def position_embeddings(params, grid_shape: tuple[int, int], posemb: str | None 
         ).reshape(gh * gw, 2 * half)
     if posemb == "sincos2d":
         width = np.asarray(params["embedding"]["kernel"]).shape[-1]
-        return models_vit.posemb_sincos_2d(gh, gw, width)
+        return models_posemb.posemb_sincos_2d(gh, gw, width)
     raise ValueError(
         "These parameters have no position embedding table (posemb 'none' or 'relative'); "
         "pass posemb='sincos2d' for the fixed 2-D embedding."

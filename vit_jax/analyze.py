@@ -31,26 +31,25 @@ def main(argv=None) -> int:
     if args.checkpoint and not (args.model and args.images):
         ap.error("--checkpoint needs --model and --images")
 
-    from vit_jax import analysis, checkpoint, input_pipeline, runs
+    from vit_jax import analysis, errors, input_pipeline, preprocess, runs
 
     try:
         if args.workdir:
             loaded = runs.from_workdir(args.workdir)
             source = input_pipeline.get_source(loaded.config, "test")
-            images = np.asarray(input_pipeline.preprocess_eval(source.images[: args.num_images], loaded.pp))
+            images = np.asarray(preprocess.preprocess_eval(source.images[: args.num_images], loaded.pp))
             outdir = args.outdir or os.path.join(args.workdir, "analysis")
         else:
             loaded = runs.from_checkpoint(args.checkpoint, args.model, args.image_size)
             files = runs.image_files(args.images)[: args.num_images]
-            images, _, errors = runs.load_images(files, loaded)
-            for e in errors:
+            images, _, failures = runs.load_images(files, loaded)
+            for e in failures:
                 print(f"warning: {e}", file=sys.stderr)
             if len(images) == 0:
                 raise runs.RunError(f"None of the images under {args.images} could be read.")
             outdir = args.outdir or "analysis"
-    except (runs.RunError, input_pipeline.DataError, checkpoint.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.UserError as e:
+        return errors.report(e)
     result = analysis.analyze(loaded.model, loaded.params, images, outdir)
     per_layer = result["mean_attention_distance_per_layer"]
     print(f"Analysed {result['num_images']} images from {loaded.source}; wrote {outdir}/")

@@ -35,6 +35,9 @@ from typing import Any
 from absl import flags
 from ml_collections import config_flags
 
+from vit_jax.config import DTYPES
+from vit_jax.models_vit import REMAT_POLICIES
+
 FLAGS = flags.FlagValues()  # its own registry: vit_jax.main's flags live in the global one
 config_flags.DEFINE_config_file("config", None, "Run config to benchmark (its real train step).", flag_values=FLAGS)
 flags.DEFINE_string(
@@ -56,9 +59,9 @@ flags.DEFINE_integer(
 flags.DEFINE_string(
     "attention", None, "With --model: attention_impl (auto, fused, einsum, dot_product_attention).", flag_values=FLAGS
 )
-flags.DEFINE_enum("remat", None, ["none", "full", "dots"], "With --model: rematerialisation policy.", flag_values=FLAGS)
+flags.DEFINE_enum("remat", None, list(REMAT_POLICIES), "With --model: rematerialisation policy.", flag_values=FLAGS)
 flags.DEFINE_bool("scan", None, "With --model: scan over the encoder blocks.", flag_values=FLAGS)
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "With --model: compute dtype.", flag_values=FLAGS)
+flags.DEFINE_enum("dtype", None, list(DTYPES), "With --model: compute dtype.", flag_values=FLAGS)
 flags.DEFINE_integer("accum_steps", None, "With --model: micro-batches per step.", flag_values=FLAGS)
 flags.DEFINE_string(
     "profile", None, "Also trace the timed steps into this directory and print time per XLA op kind.", flag_values=FLAGS
@@ -249,8 +252,7 @@ def measure_input(config, batch: int, steps: int) -> dict[str, Any]:
 
     source = input_pipeline.get_source(config, "train")
     sharding = parallel.batch_sharding(parallel.make_mesh())
-    batches = input_pipeline.train_batches(
-        source,
+    batches = source.train_batches(
         batch=batch,
         seed=0,
         process_index=jax.process_index(),
@@ -340,9 +342,10 @@ def run(
     import jax
     import jax.numpy as jnp
 
-    from vit_jax import parallel, train
+    from vit_jax import config as config_lib
+    from vit_jax import parallel
 
-    train.validate(config)
+    config = config_lib.resolve(config)
     batch = int(config.batch)
     compute = "bfloat16" if config.model.dtype == "bfloat16" else "float32"
     timed = any(m != "input" for m in modes) and steps > 0
@@ -435,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if FLAGS.cpu_devices:
         jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
-    from vit_jax import input_pipeline, train
+    from vit_jax import errors
 
     if FLAGS.model:
         config = model_config(FLAGS.model, FLAGS.image_size, FLAGS.batch or 8)
@@ -462,9 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             warmup=FLAGS.warmup,
             matmul_size=FLAGS.matmul_size,
         )
-    except (train.ConfigError, input_pipeline.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.UserError as e:
+        return errors.report(e)
     for r in report:
         print(json.dumps(r) if FLAGS.json else format_line(r))
     if FLAGS.profile:

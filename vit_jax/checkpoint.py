@@ -15,7 +15,6 @@ convert between that and the per-block layout.
 import logging
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +23,7 @@ import jax
 import numpy as np
 import scipy.ndimage
 
-from vit_jax import parallel
+from vit_jax import errors
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ _LINEN_TO_PUBLISHED = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
@@ -333,65 +332,73 @@ def load_pretrained(
     A shape that does not fit is always an error naming every mismatch.
     """
     restored = flatten(load(pretrained_path))
-    init_is_stacked = is_stacked(init_params)
     init = flatten(unstack_blocks(jax.device_get(init_params)))
+    had_cls = "cls" in restored  # the position embedding's cls row goes with the token
+    _fit_head(restored, init, _field(model_config, "representation_size"))
+    _fit_position_embeddings(restored, init, had_cls, resize, old_grid_shape, new_grid_shape)
+    _check_keys(restored, init, pretrained_path, allow_missing, allow_extra)
+    out = unflatten({k: np.asarray(restored[k], dtype=np.asarray(init[k]).dtype) for k in init})
+    return stack_blocks(out) if is_stacked(init_params) else out
 
+
+def _fit_head(restored: dict, init: dict, representation_size) -> None:
+    """A fresh head; the pre-logits layer kept, dropped or fresh as the model has one; the cls
+    token dropped (token -> GAP) or fresh (GAP -> token)."""
     for k in [k for k in restored if k.startswith("head/")]:
         del restored[k]
     restored.update({k: v for k, v in init.items() if k.startswith("head/")})
-
-    representation = _field(model_config, "representation_size")
     has_pre_logits = any(k.startswith("pre_logits/") for k in restored)
-    if representation is None and has_pre_logits:
+    if representation_size is None and has_pre_logits:
         log.info("load_pretrained: dropping the checkpoint's pre_logits (representation_size is None).")
-        restored = {k: v for k, v in restored.items() if not k.startswith("pre_logits/")}
-    elif representation is not None and not has_pre_logits:
+        for k in [k for k in restored if k.startswith("pre_logits/")]:
+            del restored[k]
+    elif representation_size is not None and not has_pre_logits:
         log.info("load_pretrained: fresh pre_logits layer (the checkpoint has none).")
         restored.update({k: v for k, v in init.items() if k.startswith("pre_logits/")})
-
-    old_cls, new_cls = "cls" in restored, "cls" in init
-    if old_cls and not new_cls:
+    if "cls" in restored and "cls" not in init:
         del restored["cls"]
-    elif new_cls and not old_cls:
+    elif "cls" in init and "cls" not in restored:
         restored["cls"] = init["cls"]
 
+
+def _fit_position_embeddings(
+    restored: dict, init: dict, old_cls: bool, resize: str, old_grid_shape, new_grid_shape
+) -> None:
+    """Every kind of position embedding resized to the model's token grid (cls row kept apart)."""
+    new_cls = "cls" in init
     if POSEMB_KEY in restored and POSEMB_KEY in init:
         posemb, posemb_new = restored[POSEMB_KEY], init[POSEMB_KEY]
         grid = posemb[:, 1:] if old_cls else posemb
         n_new = posemb_new.shape[1] - int(new_cls)
         if grid.shape[1] != n_new:
             grid = interpolate_posembed(
-                grid,
-                n_new,
-                False,
-                method=resize,
-                old_grid_shape=old_grid_shape,
-                new_grid_shape=new_grid_shape,
+                grid, n_new, False, method=resize, old_grid_shape=old_grid_shape, new_grid_shape=new_grid_shape
             )
         if new_cls:
             cls_row = posemb[:, :1] if old_cls else posemb_new[:, :1]
             grid = np.concatenate([cls_row, grid], axis=1)
         restored[POSEMB_KEY] = grid
-
     for key in (ROW_KEY, COL_KEY):
         if key in restored and key in init and restored[key].shape != init[key].shape:
             n = init[key].shape[0]
             restored[key] = resize_grid(restored[key][:, None], (n, 1), resize)[:, 0]
-
     for key, new in init.items():
         if key.endswith("/relative_bias") and key in restored and restored[key].shape != new.shape:
             restored[key] = resize_grid(restored[key], new.shape[:2], resize)
 
+
+def _check_keys(restored: dict, init: dict, path: str, allow_missing: bool, allow_extra: bool) -> None:
+    """The checkpoint has exactly the model's parameters, in its shapes (or says which do not fit)."""
     missing = sorted(init.keys() - restored.keys())
     extra = sorted(restored.keys() - init.keys())
     if missing and not allow_missing:
         raise CheckpointError(
-            f"{pretrained_path} lacks {len(missing)} parameter(s) the model has: {', '.join(missing)}. "
+            f"{path} lacks {len(missing)} parameter(s) the model has: {', '.join(missing)}. "
             "Is it a checkpoint for another architecture? Pass allow_missing=True to take them from init_params."
         )
     if extra and not allow_extra:
         raise CheckpointError(
-            f"{pretrained_path} has {len(extra)} parameter(s) the model lacks: {', '.join(extra)}. "
+            f"{path} has {len(extra)} parameter(s) the model lacks: {', '.join(extra)}. "
             "Is it a checkpoint for another architecture? Pass allow_extra=True to drop them."
         )
     for k in missing:
@@ -400,7 +407,6 @@ def load_pretrained(
     for k in extra:
         log.warning("load_pretrained: dropping %s from the checkpoint.", k)
         del restored[k]
-
     mismatched = [
         f"{k}: checkpoint {tuple(restored[k].shape)} vs model {tuple(init[k].shape)}"
         for k in sorted(init)
@@ -408,320 +414,5 @@ def load_pretrained(
     ]
     if mismatched:
         raise CheckpointError(
-            f"{pretrained_path} does not fit the model (a checkpoint for another architecture?): "
-            + "; ".join(mismatched)
+            f"{path} does not fit the model (a checkpoint for another architecture?): " + "; ".join(mismatched)
         )
-
-    out = unflatten({k: np.asarray(restored[k], dtype=np.asarray(init[k]).dtype) for k in init})
-    return stack_blocks(out) if init_is_stacked else out
-
-
-# ----------------------------------------------------------------------------- train-state checkpoints
-#
-# The run's own checkpoints (Orbax, asynchronous): parameters, optimizer state, step, and a
-# JSON `meta` with the data position and a checksum of every array. Restore verifies the
-# checksums and falls back to the newest intact checkpoint, moving a damaged one aside
-# (nothing is deleted); a checkpoint of another model or optimizer is refused by name.
-
-STATE_DIR = "checkpoints"
-DAMAGED_DIR = "checkpoints_damaged"
-LOCK_FILE = ".lock"
-
-
-class CheckpointWriteError(CheckpointError):
-    """A train-state checkpoint could not be written (disk full, permissions); older ones are intact."""
-
-
-def _ocp():
-    import orbax.checkpoint as ocp  # heavy: only the training run needs it
-
-    return ocp
-
-
-def state_manager(workdir: str, keep: int):
-    """Orbax manager of `workdir/checkpoints`, keeping the newest `keep` steps."""
-    ocp = _ocp()
-    options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True, enable_async_checkpointing=True)
-    return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, STATE_DIR)),
-        options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
-    )
-
-
-def _uint_view(a):
-    import jax.numpy as jnp
-
-    width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[a.dtype.itemsize]
-    return jax.lax.bitcast_convert_type(a, width).astype(jnp.uint32)
-
-
-@jax.jit
-def _checksum_arrays(tree):
-    """Per array: sum over elements of bits x (2 x flat index + 1), modulo 2**32.
-
-    Integer arithmetic, so the value does not depend on how the array is split across
-    devices or in which order XLA adds; the odd weights make every single-bit change and
-    most moves of values change the sum.
-    """
-    import jax.numpy as jnp
-
-    def one(a):
-        u = _uint_view(a)
-        index, stride = jnp.zeros(a.shape, jnp.uint32), 1
-        for d in reversed(range(a.ndim)):
-            index = index + jax.lax.broadcasted_iota(jnp.uint32, a.shape, d) * jnp.uint32(stride % 2**32)
-            stride *= a.shape[d]
-        return jnp.sum(u * (index * jnp.uint32(2) + jnp.uint32(1)), dtype=jnp.uint32)
-
-    return jax.tree.map(one, tree)
-
-
-def state_checksums(state) -> dict[str, int]:
-    """{array path: checksum} of a train state (on devices or host); see _checksum_arrays."""
-    sums = jax.device_get(_checksum_arrays(state))
-    return {parallel.path_name(p): int(v) for p, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
-
-
-@jax.jit
-def _device_copy(tree):
-    import jax.numpy as jnp
-
-    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
-
-
-def save_state(mngr, state, meta: dict) -> None:
-    """Starts an asynchronous save of `state` at step meta['step'], with its checksums in the meta.
-
-    The live buffers are donated to the next step, so a snapshot is saved: on the host when
-    this process holds the whole state, else a device copy (Orbax writes each process's
-    shards). A failure of this or of the previous asynchronous write is a CheckpointWriteError.
-    """
-    ocp = _ocp()
-    step = int(meta["step"])
-    sums = state_checksums(state)
-    if all(a.is_fully_addressable for a in jax.tree.leaves(state)):
-        snapshot = jax.device_get(state)
-    else:
-        snapshot = _device_copy(state)
-    args = ocp.args.Composite(
-        state=ocp.args.StandardSave(snapshot), meta=ocp.args.JsonSave({**meta, "checksums": sums})
-    )
-    try:
-        mngr.save(step, args=args)
-    except Exception as e:  # the message says what happened; the run stops here
-        raise CheckpointWriteError(_write_failure(mngr, step, e)) from None
-
-
-def finish_writes(mngr) -> None:
-    """Waits for the asynchronous writes; a failed one is a CheckpointWriteError."""
-    try:
-        mngr.wait_until_finished()
-    except Exception as e:
-        raise CheckpointWriteError(_write_failure(mngr, None, e)) from None
-
-
-def _write_failure(mngr, step, error: Exception) -> str:
-    directory = str(mngr.directory)
-    intact = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
-    what = f"checkpoint step {step}" if step is not None else "a checkpoint"
-    kept = (
-        f"the checkpoints already written (steps {', '.join(map(str, intact))}) are intact"
-        if intact
-        else ("no earlier checkpoint exists")
-    )
-    return (
-        f"Could not write {what} to {directory} ({type(error).__name__}: {error}); {kept}. Free disk space or fix "
-        f"the directory's permissions, then run the same command to resume."
-    )
-
-
-def _paths_and_shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {parallel.path_name(p): (tuple(v.shape), str(v.dtype)) for p, v in flat}
-
-
-def structure_mismatch(saved, target) -> str | None:
-    """None when `saved` (checkpoint metadata) has the arrays of `target`, else what differs, by name."""
-    have, want = _paths_and_shapes(saved), _paths_and_shapes(target)
-    diffs = [
-        f"{k} has shape {have[k][0]} there, {want[k][0]} here" for k in want if k in have and have[k][0] != want[k][0]
-    ]
-    diffs += [f"{k} is missing there" for k in want if k not in have]
-    diffs += [f"{k} is there but not in this model" for k in have if k not in want]
-    if not diffs:
-        return None
-    more = f"; and {len(diffs) - 5} more" if len(diffs) > 5 else ""
-    return "; ".join(diffs[:5]) + more
-
-
-def restore_state(workdir: str, target, keep: int) -> tuple[Any, dict] | None:
-    """The newest intact checkpoint in `workdir`, restored onto `target`'s shapes and shardings.
-
-    None when the workdir has no checkpoint. A checkpoint that cannot be read or whose
-    checksums do not match is damaged: a warning names it, it is moved to
-    `workdir/checkpoints_damaged/`, and the next older one is tried. A checkpoint written
-    by another model or optimizer is a CheckpointError naming the differing arrays. When
-    checkpoints exist but none is intact, that is a CheckpointError too: the run never
-    starts from scratch silently.
-    """
-    ocp = _ocp()
-    directory = os.path.join(workdir, STATE_DIR)
-    # A directory another process may be creating right now must not send the processes down
-    # different paths of collective calls: process 0's view decides.
-    if not parallel.process_zero_says(os.path.isdir(directory)):
-        return None
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), target)
-    mngr = state_manager(workdir, keep)
-    damaged: list[tuple[int, str]] = []
-    try:
-        for step in sorted(mngr.all_steps(), reverse=True):
-            problem, result = None, None
-            try:
-                saved = mngr.item_metadata(step)["state"]
-            except Exception as e:
-                saved, problem = None, f"unreadable metadata ({parallel.error_line(e)})"
-            if saved is not None:
-                mismatch = structure_mismatch(saved, abstract)
-                if mismatch is not None:  # every process reads the same metadata
-                    raise CheckpointError(
-                        f"The checkpoint at step {step} in {directory} was written by a different model or "
-                        f"optimizer: {mismatch}. Run with the config that wrote it, or use another --workdir."
-                    )
-            elif problem is None:
-                problem = "no array metadata"
-            if problem is None:
-                try:
-                    restored = mngr.restore(
-                        step,
-                        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
-                    )
-                    result = (restored["state"], dict(restored["meta"]))
-                    problem = _checksum_problem(result[0], result[1].get("checksums"))
-                except Exception as e:
-                    problem = parallel.error_line(e)
-            if parallel.every_process(problem is None):  # all act alike
-                return _with_step(result, step)
-            damaged.append((step, problem or "damaged on another process"))
-            _quiet_late_read_callbacks()
-            log.warning(
-                "Checkpoint step %d in %s is damaged (%s); trying an older one.", step, directory, damaged[-1][1]
-            )
-    finally:
-        mngr.close()
-        _move_aside(workdir, [s for s, _ in damaged])
-    if damaged:
-        raise CheckpointError(
-            f"Every checkpoint in {directory} is damaged (steps {', '.join(str(s) for s, _ in damaged)}); they were "
-            f"moved to {os.path.join(workdir, DAMAGED_DIR)}. Nothing was restored: run again to start from scratch "
-            f"in this workdir, or restore the checkpoints from a copy."
-        )
-    return None
-
-
-def _quiet_late_read_callbacks() -> None:
-    """Silences the reads of a failed restore that finish after their event loop closed.
-
-    When one array of a damaged checkpoint fails, the restore gives up while TensorStore is
-    still reading the others; each of those reads then reports `RuntimeError: Event loop is
-    closed` through sys.unraisablehook, a traceback apiece, hundreds for one damaged step.
-    The warning above already says what happened, so exactly that error is dropped; every
-    other unraisable exception still reaches the previous hook.
-    """
-    previous = sys.unraisablehook
-    if getattr(previous, "_vit_jax_quiet", False):
-        return
-
-    def hook(unraisable):
-        e = unraisable.exc_value
-        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook._vit_jax_quiet = True
-    sys.unraisablehook = hook
-
-
-def _with_step(result, step):
-    state, meta = result
-    meta.setdefault("step", step)
-    return state, meta
-
-
-def _checksum_problem(state, expected: dict[str, int] | None) -> str | None:
-    if not expected:  # written before checksums were recorded
-        return None
-    got = state_checksums(state)
-    bad = [k for k, v in expected.items() if got.get(k) != v]
-    if not bad:
-        return None
-    return f"checksum mismatch in {len(bad)} array(s), first {bad[0]}"
-
-
-def _move_aside(workdir: str, steps: list[int]) -> None:
-    """Moves damaged step directories to workdir/checkpoints_damaged/ (process 0; every process waits)."""
-    if not steps:
-        return
-    if jax.process_index() == 0:
-        target_dir = os.path.join(workdir, DAMAGED_DIR)
-        os.makedirs(target_dir, exist_ok=True)
-        for step in steps:
-            src = os.path.join(workdir, STATE_DIR, str(step))
-            dst = os.path.join(target_dir, str(step))
-            n = 1
-            while os.path.exists(dst):
-                dst, n = os.path.join(target_dir, f"{step}.{n}"), n + 1
-            if os.path.exists(src):
-                os.replace(src, dst)
-                log.warning("Moved damaged checkpoint %s to %s.", src, dst)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("vit_jax checkpoints moved aside")
-
-
-class WorkdirLock:
-    """An exclusive lock on a workdir while a run uses it (`workdir/.lock`, flock).
-
-    The operating system releases it when the holding process ends, however it ends, so a
-    killed run's lock is taken over by the next one. The file records who holds it, for
-    the message a second run gets.
-    """
-
-    def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK_FILE)
-        self._fd: int | None = None
-
-    def acquire(self) -> "WorkdirLock":
-        import fcntl
-        import socket
-        import time
-
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise CheckpointError(
-                f"Workdir {os.path.dirname(self.path)} is in use by another run ({holder}). Wait for it to end, "
-                f"or use another --workdir."
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            import fcntl
-
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()

@@ -1,11 +1,11 @@
-"""Data sources, preprocessing and per-host batching.
+"""Data sources and per-host batching: the file readers.
 
-A source is an in-memory split of uint8 images (N, H, W, C) with int labels, or a
-TFDS split streamed with tf.data. The host side only selects and stacks examples:
-which examples form the batch of step s is a pure function of (seed, s), so a run
-resumed at step s reads exactly what the uninterrupted run read. Augmentation
-(Inception crop, flip, resize, scaling to [-1, 1]) runs on the device inside the
-jitted step (`preprocess_train`, `preprocess_eval`), keyed by the step's RNG.
+A source is an in-memory split of uint8 images (N, H, W, C) with int labels
+(`ArraySource`), or a TFDS split streamed with tf.data (`TfdsSource`); each batches
+itself (`train_batches`, `eval_batches`). The host side only selects and stacks
+examples: which examples form the batch of step s is a pure function of (seed, s), so a
+run resumed at step s reads exactly what the uninterrupted run read. Augmentation runs
+on the device inside the jitted step (`vit_jax.preprocess`).
 
 `config.dataset` is one of:
 - `digits`: scikit-learn's bundled 8x8 handwritten digits, split deterministically;
@@ -21,14 +21,11 @@ import math
 import os
 import struct
 from collections.abc import Iterator
-from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import parallel
-from vit_jax.models_vit import to_pair
+from vit_jax import errors
+from vit_jax.utils import to_pair
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +38,7 @@ IDX_NAMES = tuple(name for pair in IDX_FILES.values() for name in pair)
 DIGITS_TEST_FRACTION = 0.2
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
     """A dataset that is missing, empty or malformed; the message says how to fix it."""
 
 
@@ -64,6 +61,52 @@ class ArraySource:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def check_labels(self, split: str) -> None:
+        """Every label is a class id in 0..num_classes-1 (one_hot would silently zero the others)."""
+        bad = np.flatnonzero((self.labels < 0) | (self.labels >= self.num_classes))
+        if len(bad):
+            i = int(bad[0])
+            raise DataError(
+                f"{self.name} {split}: {len(bad)} label(s) outside 0..{self.num_classes - 1} (first: label "
+                f"{int(self.labels[i])} at example {i}); the labels do not match the dataset's {self.num_classes} "
+                f"classes: fix the label file so every label is a class id from 0 to {self.num_classes - 1}."
+            )
+
+    def subset(self, n: int, seed: int) -> "ArraySource":
+        """`n` examples with balanced classes (`balanced_subset`), for data-size ablations."""
+        if not 0 < n <= len(self):
+            raise DataError(
+                f"config.train_examples={n}: the training split of {self.name} has {len(self)} examples; "
+                f"use a number from 1 to {len(self)}."
+            )
+        idx = balanced_subset(self.labels, n, seed)
+        return dataclasses.replace(self, images=self.images[idx], labels=self.labels[idx])
+
+    def train_batches(
+        self, *, batch: int, seed: int, start_step: int = 0, process_index: int = 0, process_count: int = 1, rows=None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """This process's rows of every global training batch from `start_step` on (see `batch_rows`).
+
+        The global batch of step s is `global_batch_indices(seed, s, ...)`: the same whatever
+        the process count, so a run resumed with another count continues the same stream.
+        """
+        start_row, stop_row = batch_rows(batch, process_index, process_count, rows)
+        step = start_step
+        while True:
+            idx = global_batch_indices(seed, step, len(self), batch)[start_row:stop_row]
+            yield {"image": self.images[idx], "label": self.labels[idx]}
+            step += 1
+
+    def eval_batches(self, *, batch: int, process_index: int = 0, process_count: int = 1, rows=None):
+        """Every example once, in order, in padded batches with a `mask` (see `batch_rows`)."""
+        start_row, stop_row = batch_rows(batch, process_index, process_count, rows)
+        n = len(self)
+        for b in range(max(math.ceil(n / batch), 1)):
+            idx = np.arange(b * batch, (b + 1) * batch)[start_row:stop_row]
+            valid = idx < n
+            idx = np.where(valid, idx, 0)
+            yield {"image": self.images[idx], "label": self.labels[idx], "mask": valid.astype(np.float32)}
 
 
 # ----------------------------------------------------------------------------- sources
@@ -229,20 +272,20 @@ def load_image_folder(directory: str, split: str, size: tuple[int, int]) -> Arra
 def _tfds_builder(config):
     import tensorflow_datasets as tfds
 
-    data_dir = config.get("tfds_data_dir")
+    data_dir = config.tfds_data_dir
     try:
         builder = tfds.builder(config.dataset, data_dir=data_dir)
     except Exception as e:  # DatasetNotFoundError and friends
-        raise DataError(_tfds_missing(config, parallel.error_line(e))) from None
+        raise DataError(_tfds_missing(config, errors.error_line(e))) from None
     if not builder.is_prepared():
-        if not config.get("tfds_download"):
+        if not config.tfds_download:
             raise DataError(_tfds_missing(config, "it is not prepared there"))
-        dl_config = tfds.download.DownloadConfig(manual_dir=config.get("tfds_manual_dir"))
+        dl_config = tfds.download.DownloadConfig(manual_dir=config.tfds_manual_dir)
         try:
             builder.download_and_prepare(download_config=dl_config)
         except Exception as e:  # no network, a refused URL, a missing manual download
             raise DataError(
-                f"Downloading TFDS dataset {config.dataset!r} failed ({parallel.error_line(e)}). "
+                f"Downloading TFDS dataset {config.dataset!r} failed ({errors.error_line(e)}). "
                 f"Check the network, or prepare it on a machine with network access (`tfds build "
                 f"{config.dataset} --data_dir DIR`) and set --config.tfds_data_dir=DIR."
             ) from None
@@ -250,7 +293,7 @@ def _tfds_builder(config):
 
 
 def _tfds_missing(config, why: str) -> str:
-    data_dir = config.get("tfds_data_dir") or "the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    data_dir = config.tfds_data_dir or "the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)"
     return (
         f"TFDS dataset {config.dataset!r} was not found in {data_dir} ({why}). Prepare it on a machine with "
         f"network access (`tfds build {config.dataset} --data_dir DIR`, with --manual_dir for ImageNet) and set "
@@ -300,13 +343,56 @@ class TfdsSource:
 
         return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
+    def check_labels(self, split: str) -> None:
+        """Nothing to do: TFDS's ClassLabel feature only holds ids of its own classes."""
+
+    def subset(self, n: int, seed: int):
+        raise DataError(
+            f"config.train_examples={n} needs a dataset held in memory (a directory or digits); for a "
+            f"TFDS dataset slice the split instead, e.g. --config.train_split='train[:{n}]'."
+        )
+
+    def train_batches(
+        self, *, batch: int, seed: int, start_step: int = 0, process_index: int = 0, process_count: int = 1, rows=None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """This process's rows of every training batch from `start_step` on: each process reads its
+        own part of the split, shuffled within each epoch (then repeated), so every epoch sees every
+        example once."""
+        start_row, stop_row = batch_rows(batch, process_index, process_count, rows)
+        ds = self.dataset(process_index=process_index, process_count=process_count, shuffle_seed=seed)
+        n_local = math.ceil(len(self) / process_count)
+        ds = ds.shuffle(min(n_local, 10_000), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.batch(stop_row - start_row, drop_remainder=True).skip(start_step).prefetch(2)
+        for ex in ds.as_numpy_iterator():
+            yield {"image": ex["image"], "label": ex["label"].astype(np.int32)}
+
+    def eval_batches(self, *, batch: int, process_index: int = 0, process_count: int = 1, rows=None):
+        """This process's part of the split once, in padded batches with a `mask`; every process
+        yields the same number of batches so the collective eval steps line up."""
+        start_row, stop_row = batch_rows(batch, process_index, process_count, rows)
+        local = stop_row - start_row
+        ds = self.dataset(process_index=process_index, process_count=process_count, shuffle_seed=None)
+        num_batches = max(math.ceil(math.ceil(len(self) / process_count) / local), 1)
+        it = ds.batch(local).as_numpy_iterator()
+        for _ in range(num_batches):
+            ex = next(it, None)
+            if ex is None:
+                ex = {"image": np.zeros((0, *self.size, 3), np.uint8), "label": np.zeros((0,), np.int32)}
+            k = len(ex["label"])
+            pad = local - k
+            yield {
+                "image": np.concatenate([ex["image"], np.zeros((pad, *ex["image"].shape[1:]), np.uint8)]),
+                "label": np.concatenate([ex["label"].astype(np.int32), np.zeros(pad, np.int32)]),
+                "mask": np.concatenate([np.ones(k, np.float32), np.zeros(pad, np.float32)]),
+            }
+
 
 # ----------------------------------------------------------------------------- selection
 
 
 def storage_size(config) -> tuple[int, int]:
     """Size variable-size sources are decoded to on the host (pp.resize, else pp.crop)."""
-    size = config.pp.get("resize") or config.pp.crop
+    size = config.pp.resize or config.pp.crop
     return to_pair(size)
 
 
@@ -317,36 +403,10 @@ def get_source(config, split: str):
     (`balanced_subset`); the test split is always whole.
     """
     source = _get_source(config, split)
-    if isinstance(source, ArraySource):
-        check_labels(source, split)
-    n = config.get("train_examples")
-    if split != "train" or n is None:
+    source.check_labels(split)
+    if split != "train" or config.train_examples is None:
         return source
-    if not isinstance(source, ArraySource):
-        raise DataError(
-            f"config.train_examples={n} needs a dataset held in memory (a directory or digits); for a "
-            f"TFDS dataset slice the split instead, e.g. --config.train_split='train[:{n}]'."
-        )
-    if not 0 < n <= len(source):
-        raise DataError(
-            f"config.train_examples={n}: the training split of {source.name} has {len(source)} examples; "
-            f"use a number from 1 to {len(source)}."
-        )
-    idx = balanced_subset(source.labels, n, config.get("train_subset_seed", 0))
-    return dataclasses.replace(source, images=source.images[idx], labels=source.labels[idx])
-
-
-def check_labels(source, split: str) -> None:
-    """Every label is a class id in 0..num_classes-1 (one_hot would silently zero the others)."""
-    labels = np.asarray(source.labels)
-    bad = np.flatnonzero((labels < 0) | (labels >= source.num_classes))
-    if len(bad):
-        i = int(bad[0])
-        raise DataError(
-            f"{source.name} {split}: {len(bad)} label(s) outside 0..{source.num_classes - 1} (first: label "
-            f"{int(labels[i])} at example {i}); the labels do not match the dataset's {source.num_classes} classes: "
-            f"fix the label file so every label is a class id from 0 to {source.num_classes - 1}."
-        )
+    return source.subset(config.train_examples, config.train_subset_seed)
 
 
 def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -369,7 +429,7 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 def _fixed_splits(config, split: str, what: str) -> None:
     """Digits and IDX directories have exactly a train and a test split; a split expression set
     for them would otherwise be ignored without a word."""
-    value = config.get(f"{split}_split", split)
+    value = config[f"{split}_split"]
     if value != split:
         raise DataError(
             f"config.{split}_split={value!r}: {what} has fixed train and test splits; split expressions apply "
@@ -379,7 +439,7 @@ def _fixed_splits(config, split: str, what: str) -> None:
 
 def _get_source(config, split: str):
     name = config.dataset
-    split_name = config.get(f"{split}_split", split)
+    split_name = config[f"{split}_split"]
     if name == "digits":
         _fixed_splits(config, split, "digits")
         return load_digits(split)
@@ -421,160 +481,14 @@ def global_batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray
     return out
 
 
-def _row_range(batch: int, process_index: int, process_count: int, rows) -> tuple[int, int]:
+def batch_rows(batch: int, process_index: int, process_count: int, rows) -> tuple[int, int]:
+    """[start, stop) of the global batch this process reads.
+
+    `rows` comes from the batch sharding (`parallel.local_rows`); without it, the
+    process_index-th of process_count equal slices. The last evaluation batch is padded
+    (mask 0) rather than dropped, so every example is counted exactly once.
+    """
     if rows is not None:
         return int(rows[0]), int(rows[1])
     local = batch // process_count
     return process_index * local, (process_index + 1) * local
-
-
-def train_batches(
-    source,
-    *,
-    batch: int,
-    seed: int,
-    start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    rows: tuple[int, int] | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """This process's rows of every global training batch, from `start_step` on.
-
-    `rows` = [start, stop) of the global batch this process's devices hold (from the
-    batch sharding); by default the process_index-th of process_count equal slices. The
-    global batch of a step is the same whatever the process count, so a run resumed with
-    another count continues the same stream.
-    """
-    start_row, stop_row = _row_range(batch, process_index, process_count, rows)
-    local = stop_row - start_row
-    if isinstance(source, ArraySource):
-        step = start_step
-        while True:
-            idx = global_batch_indices(seed, step, len(source), batch)
-            idx = idx[start_row:stop_row]
-            yield {"image": source.images[idx], "label": source.labels[idx]}
-            step += 1
-    else:
-        ds = source.dataset(process_index=process_index, process_count=process_count, shuffle_seed=seed)
-        n_local = math.ceil(len(source) / process_count)
-        # Shuffle within each epoch (then repeat), so every epoch sees every example once.
-        ds = ds.shuffle(min(n_local, 10_000), seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.batch(local, drop_remainder=True).skip(start_step).prefetch(2)
-        for ex in ds.as_numpy_iterator():
-            yield {"image": ex["image"], "label": ex["label"].astype(np.int32)}
-
-
-def eval_batches(
-    source, *, batch: int, process_index: int = 0, process_count: int = 1, rows: tuple[int, int] | None = None
-):
-    """Every example of the split exactly once, in padded batches with a `mask`.
-
-    The last batch is padded (mask 0) rather than dropped; every process yields the
-    same number of batches so collective steps line up. Each process reads only its
-    rows (see train_batches), so across processes every example is counted once.
-    """
-    start_row, stop_row = _row_range(batch, process_index, process_count, rows)
-    local = stop_row - start_row
-    if isinstance(source, ArraySource):
-        n = len(source)
-        num_batches = max(math.ceil(n / batch), 1)
-        for b in range(num_batches):
-            idx = np.arange(b * batch, (b + 1) * batch)[start_row:stop_row]
-            valid = idx < n
-            idx = np.where(valid, idx, 0)
-            yield {"image": source.images[idx], "label": source.labels[idx], "mask": valid.astype(np.float32)}
-    else:
-        ds = source.dataset(process_index=process_index, process_count=process_count, shuffle_seed=None)
-        per_process = math.ceil(len(source) / process_count)
-        num_batches = max(math.ceil(per_process / local), 1)
-        it = ds.batch(local).as_numpy_iterator()
-        for _ in range(num_batches):
-            ex = next(it, None)
-            if ex is None:
-                h, w = source.size
-                ex = {"image": np.zeros((0, h, w, 3), np.uint8), "label": np.zeros((0,), np.int32)}
-            k = len(ex["label"])
-            pad = local - k
-            yield {
-                "image": np.concatenate([ex["image"], np.zeros((pad, *ex["image"].shape[1:]), np.uint8)]),
-                "label": np.concatenate([ex["label"].astype(np.int32), np.zeros(pad, np.int32)]),
-                "mask": np.concatenate([np.ones(k, np.float32), np.zeros(pad, np.float32)]),
-            }
-
-
-# ----------------------------------------------------------------------------- device-side preprocessing
-
-
-def _to_model_input(x, channels: int):
-    """uint8-valued float images -> [-1, 1], with 1 channel repeated to 3 if needed."""
-    x = x / 127.5 - 1.0
-    if x.shape[-1] == 1 and channels == 3:
-        x = jnp.repeat(x, 3, axis=-1)
-    elif x.shape[-1] == 3 and channels == 1:
-        x = jnp.mean(x, axis=-1, keepdims=True)
-    return x
-
-
-def _crop_resize(image, box, size):
-    """Crops `box` = (top, left, height, width) (pixels, float) and resizes to `size`."""
-    top, left, h, w = box
-    out_h, out_w = size
-    scale = jnp.array([out_h / h, out_w / w])
-    translation = -jnp.array([top, left]) * scale
-    return jax.image.scale_and_translate(
-        image, (out_h, out_w, image.shape[-1]), (0, 1), scale, translation, method="linear", antialias=True
-    )
-
-
-def inception_box(rng, height: int, width: int, area_range=(0.05, 1.0), ratio_range=(3 / 4, 4 / 3)):
-    """A random crop box covering area_range of the image with aspect ratio in ratio_range."""
-    k1, k2, k3, k4 = jax.random.split(rng, 4)
-    area = jax.random.uniform(k1, (), minval=area_range[0], maxval=area_range[1]) * height * width
-    log_ratio = jax.random.uniform(k2, (), minval=math.log(ratio_range[0]), maxval=math.log(ratio_range[1]))
-    ratio = jnp.exp(log_ratio)
-    h = jnp.minimum(jnp.sqrt(area / ratio), height)
-    w = jnp.minimum(jnp.sqrt(area * ratio), width)
-    top = jax.random.uniform(k3, ()) * (height - h)
-    left = jax.random.uniform(k4, ()) * (width - w)
-    return top, left, h, w
-
-
-def preprocess_train(images, rng, pp) -> jax.Array:
-    """uint8 batch -> float [-1, 1] at pp.crop: Inception crop, optional flip."""
-    b, height, width, _ = images.shape
-    crop = to_pair(pp["crop"])
-    x = images.astype(jnp.float32)
-    keys = jax.random.split(rng, b)
-
-    def one(image, key):
-        kc, kf = jax.random.split(key)
-        if pp["area_min"] < 1.0:
-            box = inception_box(kc, height, width, (pp["area_min"], 1.0))
-            image = _crop_resize(image, box, crop)
-        elif (height, width) != crop:
-            image = jax.image.resize(image, (*crop, image.shape[-1]), "linear", antialias=True)
-        if pp["flip"]:
-            image = jnp.where(jax.random.bernoulli(kf), image[:, ::-1], image)
-        return image
-
-    return _to_model_input(jax.vmap(one)(x, keys), pp["channels"])
-
-
-def preprocess_eval(images, pp) -> jax.Array:
-    """uint8 batch -> float [-1, 1] resized to pp.crop."""
-    crop = to_pair(pp["crop"])
-    x = images.astype(jnp.float32)
-    if x.shape[1:3] != crop:
-        x = jax.image.resize(x, (x.shape[0], *crop, x.shape[-1]), "linear", antialias=True)
-    return _to_model_input(x, pp["channels"])
-
-
-def pp_dict(config) -> dict[str, Any]:
-    """The preprocessing fields the jitted steps need, as plain Python values."""
-    pp = config.pp
-    return {
-        "crop": to_pair(pp.crop),
-        "area_min": float(pp.area_min),
-        "flip": bool(pp.flip),
-        "channels": int(pp.channels),
-    }

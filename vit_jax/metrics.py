@@ -23,6 +23,9 @@ def _tensorboard_without_tensorflow() -> None:
 
 
 class MetricWriter:
+    """Appends records to WORKDIR/metrics.jsonl and TensorBoard events (a context manager that
+    closes both however the run ends); disabled on every process but 0."""
+
     def __init__(self, workdir: str, *, enabled: bool = True):
         self.enabled = enabled
         self._jsonl = None
@@ -62,6 +65,12 @@ class MetricWriter:
             self._jsonl.close()
             self._tb.close()
             self.enabled = False
+
+    def __enter__(self) -> "MetricWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def format_duration(seconds: float) -> str:

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import models_resnet, parallel
+from vit_jax.models_posemb import add_position_embedding, relative_position_index
+from vit_jax.utils import to_pair
 
 Array = Any
 Dtype = Any
@@ -27,43 +29,6 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-def to_pair(v) -> tuple[int, int]:
-    """(h, w) from an int or a pair."""
-    if isinstance(v, int | np.integer):
-        return int(v), int(v)
-    h, w = v
-    return int(h), int(w)
-
-
-def posemb_sincos_2d(gh: int, gw: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
-    """Fixed 2-D sine-cosine position embedding, shape (gh * gw, width).
-
-    The first half of the channels encodes the column (x), the second half the row
-    (y); each half is [sin, cos] over width/4 frequencies spaced geometrically from
-    1 to 1/temperature.
-    """
-    if width % 4:
-        raise ValueError(f"posemb='sincos2d' needs hidden_size divisible by 4, got {width}.")
-    y, x = np.mgrid[:gh, :gw]
-    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4))
-    ang_y = y.reshape(-1, 1) * omega[None]
-    ang_x = x.reshape(-1, 1) * omega[None]
-    pe = np.concatenate([np.sin(ang_x), np.cos(ang_x), np.sin(ang_y), np.cos(ang_y)], axis=1)
-    return pe.astype(np.float32)
-
-
-def relative_position_index(gh: int, gw: int) -> np.ndarray:
-    """(N, N) index into a flattened (2gh-1, 2gw-1) table of 2-D offsets.
-
-    Entry [p, q] is the flat index of the offset (row_p - row_q, col_p - col_q),
-    shifted to be non-negative; N = gh * gw, patches in row-major order.
-    """
-    rows, cols = np.divmod(np.arange(gh * gw), gw)
-    dr = rows[:, None] - rows[None, :] + gh - 1
-    dc = cols[:, None] - cols[None, :] + gw - 1
-    return dr * (2 * gw - 1) + dc
 
 
 def resolve_attention_impl(impl: str) -> str:
@@ -94,53 +59,6 @@ class IdentityLayer(nn.Module):
     @nn.compact
     def __call__(self, x):
         return x
-
-
-class AddPositionEmbs(nn.Module):
-    """Learned 1-D position embedding over every token (the original)."""
-
-    posemb_init: Any = nn.initializers.normal(stddev=0.02)
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, inputs):
-        shape = (1, inputs.shape[1], inputs.shape[2])
-        pe = self.param("pos_embedding", self.posemb_init, shape, self.param_dtype)
-        return inputs + pe.astype(inputs.dtype)
-
-
-class AddPositionEmbs2D(nn.Module):
-    """The paper's 2-D learned embedding: row and column tables of D/2 each.
-
-    The patch at (i, j) gets concat(row_embedding[i], col_embedding[j]); prefix
-    tokens (cls) get none.
-    """
-
-    grid_shape: tuple[int, int]
-    num_prefix_tokens: int = 0
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, inputs):
-        d = inputs.shape[-1]
-        if d % 2:
-            raise ValueError(f"posemb='learn_2d' needs an even hidden_size, got {d}.")
-        gh, gw = self.grid_shape
-        init = nn.initializers.normal(stddev=0.02)
-        row = self.param("row_embedding", init, (gh, d // 2), self.param_dtype)
-        col = self.param("col_embedding", init, (gw, d // 2), self.param_dtype)
-        pe = jnp.concatenate(
-            [jnp.broadcast_to(row[:, None], (gh, gw, d // 2)), jnp.broadcast_to(col[None], (gh, gw, d // 2))],
-            axis=-1,
-        ).reshape(1, gh * gw, d)
-        return _add_to_patches(inputs, pe.astype(inputs.dtype), self.num_prefix_tokens)
-
-
-def _add_to_patches(x, pe, num_prefix_tokens: int):
-    """Adds `pe` (1, N, D) to the last N tokens of x, leaving prefix tokens alone."""
-    if num_prefix_tokens == 0:
-        return x + pe
-    return jnp.concatenate([x[:, :num_prefix_tokens], x[:, num_prefix_tokens:] + pe], axis=1)
 
 
 class ProjectionParams(nn.Module):
@@ -364,18 +282,7 @@ class Encoder(nn.Module):
     def __call__(self, x, *, train: bool, return_intermediates: bool = False):
         assert x.ndim == 3, f"Expected (batch, tokens, hidden), got {x.shape}"
         gh, gw = self.grid_shape
-        if self.posemb == "learn":
-            x = AddPositionEmbs(param_dtype=self.param_dtype, name="posembed_input")(x)
-        elif self.posemb == "learn_2d":
-            x = AddPositionEmbs2D(
-                grid_shape=(gh, gw),
-                num_prefix_tokens=self.num_prefix_tokens,
-                param_dtype=self.param_dtype,
-                name="posembed_input",
-            )(x)
-        elif self.posemb == "sincos2d":
-            pe = posemb_sincos_2d(gh, gw, x.shape[-1])[None]
-            x = _add_to_patches(x, jnp.asarray(pe, x.dtype), self.num_prefix_tokens)
+        x = add_position_embedding(x, self.posemb, self.grid_shape, self.num_prefix_tokens, self.param_dtype)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
         x = parallel.constrain_batch(x)
 
@@ -471,37 +378,8 @@ class VisionTransformer(nn.Module):
     @nn.compact
     def __call__(self, inputs, *, train: bool = False, return_intermediates: bool = False):
         self._check_fields()
-        x = jnp.asarray(inputs, self.dtype)
-        if x.ndim != 4:
-            raise ValueError(f"Expected images of shape (batch, height, width, channels), got {x.shape}.")
-        ph, pw = to_pair(self.patches["size"])
-        img_h, img_w = x.shape[1:3]
-        if self.resnet is not None:
-            num_layers = tuple(self.resnet["num_layers"])
-            x = models_resnet.apply_stem(x, num_layers, self.resnet["width_factor"], self.dtype, self.param_dtype)
-        n, h, w, _ = x.shape
-        if h % ph or w % pw:
-            where = (
-                f"image size {img_h}x{img_w}"
-                if self.resnet is None
-                else f"hybrid feature map {h}x{w} (image {img_h}x{img_w} after the ResNet stem)"
-            )
-            raise ValueError(
-                f"The patch size {ph}x{pw} does not divide the {where}; "
-                f"use an image size that is a multiple of the patch size."
-            )
-        x = nn.Conv(
-            features=self.hidden_size,
-            kernel_size=(ph, pw),
-            strides=(ph, pw),
-            padding="VALID",
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="embedding",
-        )(x)
-        n, gh, gw, c = x.shape
-        x = jnp.reshape(x, [n, gh * gw, c])
-
+        x, (gh, gw) = self._embed(inputs)
+        n, _, c = x.shape
         num_prefix = 0
         if self.classifier in ("token", "token_unpooled"):
             cls = self.param("cls", nn.initializers.zeros, (1, 1, c), self.param_dtype)
@@ -527,39 +405,81 @@ class VisionTransformer(nn.Module):
             name="Transformer",
         )(x, train=train, return_intermediates=return_intermediates)
         encoded = x
+        pre_logits = self._pre_logits(self._pool(x))
+        x = pre_logits
+        if self.num_classes:
+            x = nn.Dense(
+                features=self.num_classes,
+                kernel_init=nn.initializers.zeros,
+                bias_init=nn.initializers.constant(self.head_bias_init),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="head",
+            )(x)
+        if not return_intermediates:
+            return x
+        return x, dict(out, encoded=encoded, pre_logits=pre_logits)
 
+    def _embed(self, inputs):
+        """Images -> (B, N, D) patch tokens and the (rows, cols) token grid: the ResNet stem of a
+        hybrid first, then one strided VALID convolution (the original's patch embedding)."""
+        x = jnp.asarray(inputs, self.dtype)
+        if x.ndim != 4:
+            raise ValueError(f"Expected images of shape (batch, height, width, channels), got {x.shape}.")
+        ph, pw = to_pair(self.patches["size"])
+        img_h, img_w = x.shape[1:3]
+        if self.resnet is not None:
+            num_layers = tuple(self.resnet["num_layers"])
+            x = models_resnet.apply_stem(x, num_layers, self.resnet["width_factor"], self.dtype, self.param_dtype)
+        _, h, w, _ = x.shape
+        if h % ph or w % pw:
+            where = (
+                f"image size {img_h}x{img_w}"
+                if self.resnet is None
+                else f"hybrid feature map {h}x{w} (image {img_h}x{img_w} after the ResNet stem)"
+            )
+            raise ValueError(
+                f"The patch size {ph}x{pw} does not divide the {where}; "
+                f"use an image size that is a multiple of the patch size."
+            )
+        x = nn.Conv(
+            features=self.hidden_size,
+            kernel_size=(ph, pw),
+            strides=(ph, pw),
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="embedding",
+        )(x)
+        n, gh, gw, c = x.shape
+        return jnp.reshape(x, [n, gh * gw, c]), (gh, gw)
+
+    def _pool(self, x):
+        """The encoded tokens -> what the head classifies (the unpooled heads keep every token)."""
         if self.classifier == "token":
-            x = x[:, 0]
-        elif self.classifier == "gap":
-            x = jnp.mean(x, axis=1)
-        elif self.classifier == "map":
-            x = MAPHead(
+            return x[:, 0]
+        if self.classifier == "gap":
+            return jnp.mean(x, axis=1)
+        if self.classifier == "map":
+            t = self.transformer
+            return MAPHead(
                 num_heads=t["num_heads"],
                 mlp_dim=t["mlp_dim"],
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="MAPHead",
             )(x)
+        return x
 
-        dense_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    def _pre_logits(self, x):
+        """The original's representation layer (Dense + tanh) or a parameter-less identity of
+        the same name, so the tree keeps `pre_logits` either way."""
         if self.representation_size is not None:
-            x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits", **dense_kw)(x))
-        else:
-            x = IdentityLayer(name="pre_logits")(x)
-        pre_logits = x
-
-        if self.num_classes:
-            x = nn.Dense(
-                features=self.num_classes,
-                kernel_init=nn.initializers.zeros,
-                bias_init=nn.initializers.constant(self.head_bias_init),
-                name="head",
-                **dense_kw,
-            )(x)
-        if not return_intermediates:
-            return x
-        out = dict(out, encoded=encoded, pre_logits=pre_logits)
-        return x, out
+            dense = nn.Dense(
+                self.representation_size, dtype=self.dtype, param_dtype=self.param_dtype, name="pre_logits"
+            )
+            return nn.tanh(dense(x))
+        return IdentityLayer(name="pre_logits")(x)
 
     def _remat_policy(self) -> str:
         if self.remat in (False, None):
@@ -569,21 +489,97 @@ class VisionTransformer(nn.Module):
         return self.remat
 
     def _check_fields(self):
-        if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"Unknown classifier={self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}.")
-        if self.posemb not in POSEMBS:
-            raise ValueError(f"Unknown posemb={self.posemb!r}; choose one of {', '.join(POSEMBS)}.")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(
-                f"Unknown attention_impl={self.attention_impl!r}; choose one of {', '.join(ATTENTION_IMPLS)}."
+        check_fields(
+            {
+                "patches": self.patches,
+                "transformer": self.transformer,
+                "hidden_size": self.hidden_size,
+                "resnet": self.resnet,
+                "representation_size": self.representation_size,
+                "classifier": self.classifier,
+                "posemb": self.posemb,
+                "droppath_rate": self.droppath_rate,
+                "remat": self._remat_policy(),
+                "attention_impl": self.attention_impl,
+            }
+        )
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+
+def _positive_int(v) -> bool:
+    return _is_int(v) and v > 0
+
+
+def is_size(v) -> bool:
+    """A positive int, or a pair of them (an image, crop or patch size)."""
+    if _is_int(v):
+        return v > 0
+    return isinstance(v, tuple | list) and len(v) == 2 and all(_positive_int(x) for x in v)
+
+
+def _rate(v) -> bool:
+    return _is_number(v) and 0 <= v < 1
+
+
+_POSITIVE_INT = "use a positive whole number"
+_RATE = "use a rate from 0 up to, not including, 1"
+
+
+def check_fields(fields: dict[str, Any]) -> None:
+    """Checks a VisionTransformer's fields (keyword arguments, nested as the model takes them).
+
+    Raises ValueError with one line `FIELD=VALUE: what to use instead.` for the first field
+    out of its range, so a bad value never reaches JAX as a shape error or trains silently.
+    Unset optional fields (absent or None) take the model's defaults.
+    """
+    t = fields.get("transformer") or {}
+    resnet = fields.get("resnet") or {}
+    checks = [  # (field, value, test, what to do instead)
+        ("hidden_size", fields.get("hidden_size"), _positive_int, _POSITIVE_INT),
+        ("patches.size", (fields.get("patches") or {}).get("size"), is_size, "use a pair like (16, 16)"),
+        *[(f"transformer.{f}", t.get(f), _positive_int, _POSITIVE_INT) for f in ("mlp_dim", "num_heads", "num_layers")],
+        *[(f"transformer.{f}", t.get(f) or 0.0, _rate, _RATE) for f in ("dropout_rate", "attention_dropout_rate")],
+        ("droppath_rate", fields.get("droppath_rate") or 0.0, _rate, _RATE),
+        (
+            "representation_size",
+            fields.get("representation_size"),
+            lambda v: v is None or _positive_int(v),
+            "use a positive whole number, or None for no pre-logits layer",
+        ),
+        *[
+            (field, fields.get(field) or default, lambda v, ok=allowed: v in ok, f"choose one of {', '.join(allowed)}")
+            for field, default, allowed in (
+                ("classifier", "token", CLASSIFIERS),
+                ("posemb", "learn", POSEMBS),
+                ("remat", "none", tuple(REMAT_POLICIES)),
+                ("attention_impl", "auto", ATTENTION_IMPLS),
             )
-        if self._remat_policy() not in REMAT_POLICIES:
-            raise ValueError(f"Unknown remat={self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}.")
-        t = self.transformer
-        if self.hidden_size % t["num_heads"]:
-            raise ValueError(
-                f"transformer.num_heads={t['num_heads']} does not divide hidden_size={self.hidden_size}; "
-                "choose a head count that divides it."
-            )
-        if not 0.0 <= self.droppath_rate < 1.0:
-            raise ValueError(f"droppath_rate must be in [0, 1), got {self.droppath_rate}.")
+        ],
+        (
+            "resnet.num_layers",
+            resnet.get("num_layers") or (),
+            lambda v: all(_positive_int(n) for n in v),
+            "use a tuple of positive block counts per stage, like (3, 4, 9), or () for the root alone",
+        ),
+        (
+            "resnet.width_factor",
+            resnet.get("width_factor", 1),
+            lambda v: _is_number(v) and v > 0,
+            "use a positive number",
+        ),
+    ]
+    for field, value, ok, fix in checks:
+        if not ok(value):
+            raise ValueError(f"{field}={value!r}: {fix}.")
+    if fields["hidden_size"] % t["num_heads"]:
+        raise ValueError(
+            f"transformer.num_heads={t['num_heads']} does not divide hidden_size={fields['hidden_size']}: "
+            "choose a head count that divides it."
+        )

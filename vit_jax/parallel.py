@@ -27,6 +27,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vit_jax import errors
+
 log = logging.getLogger(__name__)
 
 BATCH_AXES = ("data", "fsdp")  # mesh axes that split the batch; `fsdp` also splits parameters
@@ -35,7 +37,7 @@ SHARDING_PRESETS = ("replicate", "fsdp")
 PEER_TIMEOUT_EXIT = 3
 
 
-class ParallelError(ValueError):
+class ParallelError(errors.UserError):
     """A mesh, sharding or start-up setting that cannot work; the message says the fix."""
 
 
@@ -256,14 +258,6 @@ def constrain_batch(x):
 # ----------------------------------------------------------------------------- parameter sharding
 
 
-def error_line(e: BaseException) -> str:
-    """'TypeName: the first line of its message' (at most 300 characters), for one-line reports
-    of errors raised by libraries whose messages run over many lines."""
-    text = str(e).strip()
-    first = text.splitlines()[0][:300] if text else type(e).__name__
-    return f"{type(e).__name__}: {first}"
-
-
 def path_name(path) -> str:
     """A key path as 'params/Transformer/encoder_norm/scale' (dict keys, attributes and indices alike)."""
     parts = []
@@ -292,10 +286,10 @@ def fsdp_spec(shape: Sequence[int], axis_size: int, min_size: int) -> P:
 
 def sharding_rules(config) -> list[tuple[str, Any]]:
     """config.sharding_rules, then the preset's catch-all rule."""
-    preset = config.get("sharding", "replicate")
+    preset = config.sharding
     if preset not in SHARDING_PRESETS:
         raise ParallelError(f"config.sharding={preset!r}: choose one of {', '.join(SHARDING_PRESETS)}.")
-    rules = [tuple(r) for r in config.get("sharding_rules", ()) or ()]
+    rules = [tuple(r) for r in config.sharding_rules or ()]
     for r in rules:
         if len(r) != 2:
             raise ParallelError(
@@ -385,13 +379,18 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-def any_process(flag: bool) -> bool:
-    """Whether `flag` is true on any process (a collective: every process must call it)."""
+def process_max(value: int) -> int:
+    """The largest of every process's `value` (a collective: every process must call it)."""
     if jax.process_count() == 1:
-        return bool(flag)
+        return int(value)
     from jax.experimental import multihost_utils
 
-    return bool(np.any(multihost_utils.process_allgather(np.array(bool(flag), np.int32))))
+    return int(np.max(multihost_utils.process_allgather(np.array(int(value), np.int32))))
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (a collective: every process must call it)."""
+    return bool(process_max(int(bool(flag))))
 
 
 def every_process(flag: bool) -> bool:

@@ -32,18 +32,17 @@ def main(argv=None) -> int:
 
     import jax
 
-    from vit_jax import checkpoint, input_pipeline, runs
+    from vit_jax import errors, runs
 
     try:
         if args.workdir:
             loaded = runs.from_workdir(args.workdir)
         else:
             loaded = runs.from_checkpoint(args.checkpoint, args.model, args.image_size, args.labels)
-    except (runs.RunError, input_pipeline.DataError, checkpoint.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    images, paths, errors = runs.load_images(args.images, loaded)
-    for e in errors:
+    except errors.UserError as e:
+        return errors.report(e)
+    images, paths, failures = runs.load_images(args.images, loaded)
+    for e in failures:
         print(f"error: {e}", file=sys.stderr)
     if paths:
         logits = loaded.model.apply({"params": loaded.params}, images, train=False)
@@ -58,7 +57,7 @@ def main(argv=None) -> int:
                 print(path)
                 for r in preds:
                     print(f"  {r['probability']:7.2%}  {r['name']} ({r['class']})")
-    return 1 if errors else 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

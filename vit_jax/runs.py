@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax import checkpoint, input_pipeline, models
+from vit_jax import checkpoint, errors, input_pipeline, models, preprocess
 from vit_jax.configs import models as model_configs
 
 
-class RunError(ValueError):
+class RunError(errors.UserError):
     """A workdir or checkpoint the tools cannot use; the message says why."""
 
 
@@ -30,47 +30,31 @@ class LoadedModel:
 
 
 def from_workdir(workdir: str) -> LoadedModel:
-    """The run's final export (model.npz) or, mid-run, its latest Orbax checkpoint."""
-    from vit_jax import train  # training code is only needed to rebuild the run's model
+    """The run's final export (model.npz) or, mid-run, its latest intact checkpoint."""
+    from vit_jax import config as config_lib
+    from vit_jax import train_state
 
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-        raise RunError(f"{workdir} is not a training workdir (no config.json).")
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    kw = train.model_kwargs(config)
-    run_info = os.path.join(workdir, "run.json")
-    final = os.path.join(workdir, "model.npz")
-    if os.path.isfile(final):
-        params, source = checkpoint.load(final), final
+    wd = train_state.Workdir(workdir)
+    if not os.path.isfile(wd.config):
+        raise RunError(f"{workdir} is not a training workdir (no {wd.CONFIG}).")
+    config = config_lib.read(wd.config)
+    kw = config_lib.model_kwargs(config)
+    if os.path.isfile(wd.model):
+        params, source = checkpoint.load(wd.model), wd.model
     else:
-        params, source = _latest_orbax_params(os.path.join(workdir, "checkpoints")), "latest checkpoint"
+        params, source = train_state.latest_params(workdir)[0], "latest checkpoint"
     num_classes = np.asarray(params["head"]["kernel"]).shape[-1]
-    if os.path.isfile(run_info):
-        with open(run_info) as f:
+    if os.path.isfile(wd.run_info):
+        with open(wd.run_info) as f:
             class_names = json.load(f)["class_names"]
     else:
         class_names = [str(i) for i in range(num_classes)]
     if kw.get("scan"):
         params = checkpoint.stack_blocks(params)
     model = models.VisionTransformer(num_classes=num_classes, **kw)
-    pp = input_pipeline.pp_dict(config)
+    pp = preprocess.pp_dict(config)
     pp["decode_size"] = input_pipeline.storage_size(config)
     return LoadedModel(model, params, class_names, pp, config, source)
-
-
-def _latest_orbax_params(directory: str):
-    import orbax.checkpoint as ocp
-
-    if not os.path.isdir(directory):
-        raise RunError(f"No model.npz and no checkpoints in {os.path.dirname(directory)}: has the run started?")
-    mngr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
-    step = mngr.latest_step()
-    if step is None:
-        raise RunError(f"No complete checkpoint in {directory}.")
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    mngr.close()
-    return checkpoint.unstack_blocks(jax.tree.map(np.asarray, restored["state"]["params"]))
 
 
 def from_checkpoint(path: str, model_name: str, image_size: int, labels: str | None = None) -> LoadedModel:
@@ -113,17 +97,17 @@ def load_images(paths: list[str], loaded: LoadedModel) -> tuple[np.ndarray, list
 
     Returns (images in [-1, 1], paths read, one error message per unreadable file).
     """
-    arrays, ok, errors = [], [], []
+    arrays, ok, failures = [], [], []
     for p in paths:
         try:
             arrays.append(input_pipeline.decode_image(p, tuple(loaded.pp["decode_size"])))
             ok.append(p)
         except input_pipeline.DataError as e:
-            errors.append(str(e))
+            failures.append(str(e))
     if not arrays:
-        return np.zeros((0,)), ok, errors
+        return np.zeros((0,)), ok, failures
     batch = jnp.asarray(np.stack(arrays))
-    return np.asarray(input_pipeline.preprocess_eval(batch, loaded.pp)), ok, errors
+    return np.asarray(preprocess.preprocess_eval(batch, loaded.pp)), ok, failures
 
 
 def image_files(directory: str) -> list[str]:

@@ -1,0 +1,324 @@
+"""The run config: reading it, its defaults, its checks, and the model it describes.
+
+A run config is an ml_collections ConfigDict made by a file's `get_config()` on top of
+the defaults in `vit_jax/configs/common.py` (their one copy). Before a run reads it,
+`resolve` fills in any default the config lacks and checks every field once, so the rest
+of the package reads `config.x` directly. A mistake ends in one `ConfigError` line that
+names the field and the fix. Rules about the model's own fields (sizes, heads, options)
+belong to the model (`models_vit.check_fields`, used on its own too); this module adds
+what only training needs and names fields as `config.model.*`.
+"""
+
+import importlib.util
+import inspect
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vit_jax import errors, models_vit, parallel
+from vit_jax.configs import common
+from vit_jax.configs import models as model_configs
+
+log = logging.getLogger("vit_jax")
+
+# The values a field may take, written once.
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DECAYS = ("cosine", "linear", "constant")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_USE_A_DTYPE = "use " + " or ".join(map(repr, DTYPES))
+TRAINABLE_CLASSIFIERS = ("token", "gap", "map")
+
+
+class ConfigError(errors.UserError):
+    """An unknown or inconsistent config field, or a config file that cannot be loaded."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_file(config_arg: str) -> ml_collections.ConfigDict:
+    """The ConfigDict of `FILE.py[:ARG]` (its `get_config(ARG)`).
+
+    A missing file, a syntax error, a file without get_config() or an argument it refuses
+    is one ConfigError line naming the file (the flag library would print a traceback).
+    """
+    path, sep, arg = config_arg.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {path} not found; check the path given to --config.")
+    try:
+        spec = importlib.util.spec_from_file_location("_vit_jax_config_file", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{path} line {e.lineno}: {e.msg}; fix the config file.") from None
+    except Exception as e:
+        raise ConfigError(f"{path} fails to load ({type(e).__name__}: {e}); fix the config file.") from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"{path} defines no get_config(); a config file returns its ConfigDict from get_config().")
+    if sep and not inspect.signature(get_config).parameters:
+        raise ConfigError(f"{path} takes no argument; drop ':{arg}' from --config.")
+    try:
+        return get_config(arg) if sep else get_config()
+    except Exception as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        doc = f" The arguments it takes are in the file's docstring: {path}." if sep else ""
+        raise ConfigError(f"--config {config_arg}: get_config fails ({type(e).__name__}: {message}).{doc}") from None
+
+
+def complete(config) -> ml_collections.ConfigDict:
+    """`config` with every default it lacks filled in from `configs/common.py`.
+
+    Fields the config sets (and fields the defaults do not know) are kept as they are, in
+    their order. A config that lacks nothing is returned as it is; otherwise a copy.
+    """
+    if not isinstance(config, ml_collections.ConfigDict):
+        config = ml_collections.ConfigDict(config)
+
+    def missing(values, defaults, prefix=()) -> list[tuple[tuple[str, ...], Any]]:
+        out = []
+        for key, default in defaults.items():
+            if key not in values:
+                out.append(((*prefix, key), default))
+            elif isinstance(default, ml_collections.ConfigDict) and isinstance(values[key], ml_collections.ConfigDict):
+                out += missing(values[key], default, (*prefix, key))
+        return out
+
+    lacking = missing(config, common.get_config())
+    if not lacking:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for (*parents, key), default in lacking:
+            node = config
+            for p in parents:
+                node = node[p]
+            node[key] = default
+    return config
+
+
+def read(path: str) -> ml_collections.ConfigDict:
+    """A resolved config written as JSON (a run's `config.json`), with its defaults completed."""
+    with open(path) as f:
+        return complete(json.load(f))
+
+
+def resolve(config, num_devices: int | None = None) -> ml_collections.ConfigDict:
+    """What a run reads: the config completed with its defaults, then checked (once)."""
+    config = complete(config)
+    validate(config, num_devices)
+    return config
+
+
+# ----------------------------------------------------------------------------- what it describes
+
+
+def model_kwargs(config) -> dict[str, Any]:
+    """VisionTransformer fields: the registered model, then every set `config.model` field."""
+    if config.model_name:
+        try:
+            base = model_configs.get_config(config.model_name).to_dict()
+        except KeyError as e:
+            raise ConfigError(f"config.model_name: {e.args[0]}") from None
+    else:
+        base = {"transformer": {}, "patches": {}}
+    for key, value in config.model.to_dict().items():
+        if isinstance(value, dict):
+            sub = dict(base.get(key) or {})
+            sub.update({k: v for k, v in value.items() if v is not None})
+            base[key] = sub
+        elif value is not None:
+            base[key] = value
+    resnet = base.get("resnet")
+    if resnet is not None and resnet.get("num_layers") is None:
+        del base["resnet"]  # only width_factor or nothing set: a pure ViT
+    elif resnet is not None:
+        resnet.setdefault("width_factor", 1)
+        resnet["num_layers"] = tuple(resnet["num_layers"])
+    base["dtype"] = DTYPES[base["dtype"]]
+    return base
+
+
+def total_steps(config, num_train: int) -> int:
+    """Optimizer steps of the run: `epochs` over `num_train` examples when set, else `total_steps`."""
+    if config.epochs:
+        return math.ceil(config.epochs * num_train / config.batch)
+    return int(config.total_steps)
+
+
+def eval_batch(config) -> int:
+    """The evaluation batch: `eval_batch`, else the training batch."""
+    return config.eval_batch or config.batch
+
+
+def pretrained_file(config) -> str | None:
+    """The checkpoint a run starts from: `pretrained_path`, or DIR/<model_name>.npz of `pretrained_dir`."""
+    if config.pretrained_path:
+        return config.pretrained_path
+    if config.pretrained_dir:
+        return os.path.join(config.pretrained_dir, f"{config.model_name}.npz")
+    return None
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _non_negative(v) -> bool:
+    return _is_number(v) and v >= 0
+
+
+def _unset_or(ok):
+    return lambda v: v is None or ok(v)
+
+
+_POSITIVE = "use a positive number"
+
+
+def _range_checks(config) -> list[tuple[str, Any, Any, str]]:
+    """(field, value, test, what to do instead) for every number the run (not the model) reads."""
+    is_size = models_vit.is_size
+    return [
+        ("pp.crop", config.pp.crop, is_size, "use a positive size or a pair of them"),
+        (
+            "pp.resize",
+            config.pp.resize,
+            _unset_or(is_size),
+            "use a positive size, or leave it unset to decode at the crop size",
+        ),
+        ("pp.channels", config.pp.channels, lambda v: v in (1, 3), "use 1 or 3"),
+        ("pp.area_min", config.pp.area_min, lambda v: _is_number(v) and 0 < v <= 1, "use a fraction in (0, 1]"),
+        ("lr.base", config.lr.base, _non_negative, "use a positive learning rate"),
+        ("lr.end", config.lr.end, _non_negative, "use 0 or a positive learning rate"),
+        ("lr.warmup_steps", config.lr.warmup_steps, _non_negative, "use 0 or more steps"),
+        ("lr.decay", config.lr.decay, lambda v: v in DECAYS, f"choose one of {', '.join(DECAYS)}"),
+        ("optim.name", config.optim.name, lambda v: v in OPTIMIZERS, f"choose one of {', '.join(OPTIMIZERS)}"),
+        ("optim.weight_decay", config.optim.weight_decay, _non_negative, "use 0 or more"),
+        ("optim.mu_dtype", config.optim.mu_dtype, lambda v: v in DTYPES, _USE_A_DTYPE),
+        (
+            "label_smoothing",
+            config.label_smoothing,
+            lambda v: _is_number(v) and 0 <= v < 1,
+            "use a rate from 0 up to, not including, 1",
+        ),
+        ("grad_clip_norm", config.grad_clip_norm, _unset_or(_non_negative), "use a positive norm, or 0 for none"),
+        ("accum_steps", config.accum_steps, lambda v: _is_int(v) and v >= 1, "use 1 or more"),
+        (
+            "epochs",
+            config.epochs,
+            _unset_or(lambda v: _is_number(v) and v > 0),
+            "use a positive number, or leave it unset to run config.total_steps",
+        ),
+        (
+            "total_steps",
+            config.total_steps,
+            lambda v: v > 0 or config.epochs,
+            "use a positive number or set config.epochs",
+        ),
+        (
+            "eval_batch",
+            config.eval_batch,
+            _unset_or(lambda v: _is_int(v) and v > 0),
+            "use a positive number, or leave it unset to evaluate in batches of config.batch",
+        ),
+        *[
+            (f, config[f], lambda v: _is_number(v) and v > 0, _POSITIVE)
+            for f in ("progress_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+        ],
+        *[(f, config[f], lambda v: _is_int(v) and v >= 0, "use 0 or more") for f in ("seed", "train_subset_seed")],
+    ]
+
+
+def validate(config, num_devices: int | None = None) -> None:
+    """Checks every field a run depends on, before anything is loaded or compiled.
+
+    `config` must be complete (`complete` or `resolve`). The first problem found is a
+    ConfigError naming the field and what to use instead.
+    """
+    num_devices = num_devices or jax.device_count()
+    if config.model.dtype not in DTYPES:
+        raise ConfigError(f"config.model.dtype={config.model.dtype!r}: {_USE_A_DTYPE}.")
+    kw = model_kwargs(config)
+    missing = [] if kw.get("hidden_size") is not None else ["hidden_size"]
+    missing += [] if kw["patches"].get("size") is not None else ["patches.size"]
+    t = kw["transformer"]
+    missing += [f"transformer.{f}" for f in ("mlp_dim", "num_heads", "num_layers") if t.get(f) is None]
+    if missing:
+        raise ConfigError(
+            f"The model is not fully defined: set config.model_name (e.g. ViT-B_16) or config.model.{missing[0]}."
+        )
+    try:
+        models_vit.check_fields(kw)
+    except ValueError as e:
+        raise ConfigError(f"config.model.{e}") from None
+    classifier = kw.get("classifier", "token")
+    if classifier not in TRAINABLE_CLASSIFIERS:
+        raise ConfigError(
+            f"config.model.classifier={classifier!r} cannot be trained for classification here; "
+            f"use one of {', '.join(TRAINABLE_CLASSIFIERS)}."
+        )
+    for field, value, ok, fix in _range_checks(config):
+        if not ok(value):
+            raise ConfigError(f"config.{field}={value!r}: {fix}.")
+    if kw.get("resnet") is None:
+        crop_hw, (ph, pw) = models_vit.to_pair(config.pp.crop), models_vit.to_pair(kw["patches"]["size"])
+        if crop_hw[0] % ph or crop_hw[1] % pw:
+            raise ConfigError(
+                f"config.pp.crop={config.pp.crop} is not divisible by the patch size {ph}x{pw}: "
+                f"use an image size that is a multiple of the patch size."
+            )
+    _check_batches(config, num_devices)
+    if config.pretrained_dir and not config.model_name and not config.pretrained_path:
+        raise ConfigError("config.pretrained_dir needs config.model_name to name the file (DIR/<model_name>.npz).")
+    if config.lr.base == 0:
+        log.warning("config.lr.base=0: the parameters will not change (an evaluation run?).")
+    if config.lr.warmup_steps and config.total_steps > 0 and config.lr.warmup_steps > config.total_steps:
+        log.warning(
+            "config.lr.warmup_steps=%d is more than config.total_steps=%d: the learning rate never reaches "
+            "config.lr.base.",
+            config.lr.warmup_steps,
+            config.total_steps,
+        )
+
+
+def _check_batches(config, num_devices: int) -> None:
+    """The mesh fits the devices, and the batches split evenly over the devices that share them."""
+    try:
+        names, sizes = parallel.mesh_shape(config.mesh, num_devices)
+        parallel.sharding_rules(config)
+    except parallel.ParallelError as e:
+        raise ConfigError(str(e)) from None
+    split = math.prod(n for a, n in zip(names, sizes, strict=True) if a in parallel.BATCH_AXES)
+    what = "device count" if split == num_devices else f"devices the batch is split over ({', '.join(names)})"
+    if config.batch <= 0 or config.batch % (split * config.accum_steps):
+        raise ConfigError(
+            f"config.batch={config.batch} is not divisible by the {what} ({split}) times "
+            f"config.accum_steps ({config.accum_steps}); use a positive multiple of {split * config.accum_steps}."
+        )
+    if eval_batch(config) % split:
+        raise ConfigError(f"config.eval_batch={eval_batch(config)} is not divisible by the {what} ({split}).")
+
+
+def check_files(config) -> None:
+    """Files the run needs exist (checked before anything is compiled)."""
+    from vit_jax import checkpoint
+
+    path = pretrained_file(config)
+    if path and "://" not in path and not os.path.isfile(path):
+        raise ConfigError(
+            f"Pretrained checkpoint {path} not found (config.pretrained_path / pretrained_dir). The original "
+            f"release's files are published at {checkpoint.PUBLISHED_URL} (imagenet21k/, augreg/)."
+        )

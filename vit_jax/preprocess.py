@@ -1,0 +1,92 @@
+"""Device-side preprocessing: from the uint8 batches the data sources yield to model inputs.
+
+Runs inside the jitted train and eval steps, so augmentation costs no host time and is
+keyed by the step's RNG (a resumed run draws the same crops and flips). Training takes
+an Inception crop (a random box of `area_min` to 100% of the image, aspect ratio 3/4 to
+4/3), resized to `crop`, and an optional horizontal flip; evaluation resizes the whole
+image to `crop`. Both scale to [-1, 1], the original release's input range, and repeat
+a single channel to three for RGB models (or average three to one).
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from vit_jax.utils import to_pair
+
+
+def _to_model_input(x, channels: int):
+    """uint8-valued float images -> [-1, 1], with 1 channel repeated to 3 if needed."""
+    x = x / 127.5 - 1.0
+    if x.shape[-1] == 1 and channels == 3:
+        x = jnp.repeat(x, 3, axis=-1)
+    elif x.shape[-1] == 3 and channels == 1:
+        x = jnp.mean(x, axis=-1, keepdims=True)
+    return x
+
+
+def _crop_resize(image, box, size):
+    """Crops `box` = (top, left, height, width) (pixels, float) and resizes to `size`."""
+    top, left, h, w = box
+    out_h, out_w = size
+    scale = jnp.array([out_h / h, out_w / w])
+    translation = -jnp.array([top, left]) * scale
+    return jax.image.scale_and_translate(
+        image, (out_h, out_w, image.shape[-1]), (0, 1), scale, translation, method="linear", antialias=True
+    )
+
+
+def inception_box(rng, height: int, width: int, area_range=(0.05, 1.0), ratio_range=(3 / 4, 4 / 3)):
+    """A random crop box covering area_range of the image with aspect ratio in ratio_range."""
+    k1, k2, k3, k4 = jax.random.split(rng, 4)
+    area = jax.random.uniform(k1, (), minval=area_range[0], maxval=area_range[1]) * height * width
+    log_ratio = jax.random.uniform(k2, (), minval=math.log(ratio_range[0]), maxval=math.log(ratio_range[1]))
+    ratio = jnp.exp(log_ratio)
+    h = jnp.minimum(jnp.sqrt(area / ratio), height)
+    w = jnp.minimum(jnp.sqrt(area * ratio), width)
+    top = jax.random.uniform(k3, ()) * (height - h)
+    left = jax.random.uniform(k4, ()) * (width - w)
+    return top, left, h, w
+
+
+def preprocess_train(images, rng, pp) -> jax.Array:
+    """uint8 batch -> float [-1, 1] at pp.crop: Inception crop, optional flip."""
+    b, height, width, _ = images.shape
+    crop = to_pair(pp["crop"])
+    x = images.astype(jnp.float32)
+    keys = jax.random.split(rng, b)
+
+    def one(image, key):
+        kc, kf = jax.random.split(key)
+        if pp["area_min"] < 1.0:
+            box = inception_box(kc, height, width, (pp["area_min"], 1.0))
+            image = _crop_resize(image, box, crop)
+        elif (height, width) != crop:
+            image = jax.image.resize(image, (*crop, image.shape[-1]), "linear", antialias=True)
+        if pp["flip"]:
+            image = jnp.where(jax.random.bernoulli(kf), image[:, ::-1], image)
+        return image
+
+    return _to_model_input(jax.vmap(one)(x, keys), pp["channels"])
+
+
+def preprocess_eval(images, pp) -> jax.Array:
+    """uint8 batch -> float [-1, 1] resized to pp.crop."""
+    crop = to_pair(pp["crop"])
+    x = images.astype(jnp.float32)
+    if x.shape[1:3] != crop:
+        x = jax.image.resize(x, (x.shape[0], *crop, x.shape[-1]), "linear", antialias=True)
+    return _to_model_input(x, pp["channels"])
+
+
+def pp_dict(config) -> dict[str, Any]:
+    """The preprocessing fields the jitted steps need, as plain Python values."""
+    pp = config.pp
+    return {
+        "crop": to_pair(pp.crop),
+        "area_min": float(pp.area_min),
+        "flip": bool(pp.flip),
+        "channels": int(pp.channels),
+    }
