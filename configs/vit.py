@@ -1,6 +1,8 @@
 """Fine-tune any registered model on a dataset: `configs/vit.py:MODEL,DATASET`.
 
     python -m vit_jax.main --config configs/vit.py:b16,cifar10 --config.pretrained_dir=DIR
+    python -m vit_jax.main --config configs/vit.py:b16,cifar10 \
+        --config.pretrained_path=hf-hub:timm/vit_base_patch16_224.augreg_in21k
 
 MODEL is a registered name (`ViT-B_16`, `R50+ViT-B_16`) or a short one (`b16`,
 `B/16`, `r50+b16`); DATASET a TFDS name with a preset below, `digits`, or a

@@ -18,6 +18,12 @@ def gelu_tanh(x):
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
+def gelu_erf(x):
+    from scipy.special import erf
+
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
 def softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -65,20 +71,26 @@ def group_norm(x, p, groups=32, eps=1e-6):
     return g.reshape(b, h, w, c) * p["scale"].reshape(-1) + p["bias"].reshape(-1)
 
 
-def std_conv(x, w, stride):
+def std_conv(x, w, stride, r=None):
+    """Weight-standardised conv: / (std + 1e-5) as the original, or / sqrt(var + eps) as timm."""
+    r = r or {}
     w = w - w.mean(axis=(0, 1, 2))
-    w = w / (w.std(axis=(0, 1, 2)) + 1e-5)
+    if r.get("ws_epsilon_in_sqrt"):
+        w = w / np.sqrt(w.var(axis=(0, 1, 2)) + r["ws_epsilon"])
+    else:
+        w = w / (w.std(axis=(0, 1, 2)) + r.get("ws_epsilon", 1e-5))
     return conv2d(x, w, stride, "SAME")
 
 
-def bottleneck(x, p, features, stride):
+def bottleneck(x, p, features, stride, r=None):
     relu = lambda a: np.maximum(a, 0)  # noqa: E731
+    gn = lambda a, q: group_norm(a, q, eps=(r or {}).get("gn_epsilon", 1e-6))  # noqa: E731
     residual = x
     if "conv_proj" in p:
-        residual = group_norm(std_conv(x, p["conv_proj"]["kernel"], stride), p["gn_proj"])
-    y = relu(group_norm(std_conv(x, p["conv1"]["kernel"], 1), p["gn1"]))
-    y = relu(group_norm(std_conv(y, p["conv2"]["kernel"], stride), p["gn2"]))
-    y = group_norm(std_conv(y, p["conv3"]["kernel"], 1), p["gn3"])
+        residual = gn(std_conv(x, p["conv_proj"]["kernel"], stride, r), p["gn_proj"])
+    y = relu(gn(std_conv(x, p["conv1"]["kernel"], 1, r), p["gn1"]))
+    y = relu(gn(std_conv(y, p["conv2"]["kernel"], stride, r), p["gn2"]))
+    y = gn(std_conv(y, p["conv3"]["kernel"], 1, r), p["gn3"])
     return relu(residual + y)
 
 
@@ -96,18 +108,22 @@ def attention(x, p, num_heads):
 
 
 def vit_forward(params, images, config):
-    """Logits of the original ViT for `images` (B,H,W,C); config as MODEL_CONFIGS."""
+    """Logits of the original ViT for `images` (B,H,W,C); config as MODEL_CONFIGS, plus the numerics
+    fields (layernorm_epsilon, gelu_approximate, resnet ws_epsilon / ws_epsilon_in_sqrt / gn_epsilon)."""
     p = params
     x = np.asarray(images, np.float64)
+    eps = config.get("layernorm_epsilon", 1e-6)
+    gelu = gelu_erf if config.get("gelu_approximate") is False else gelu_tanh
     if config.get("resnet"):
-        width = int(64 * config["resnet"]["width_factor"])
-        x = std_conv(x, p["conv_root"]["kernel"], 2)
-        x = np.maximum(group_norm(x, p["gn_root"]), 0)
+        r = config["resnet"]
+        width = int(64 * r["width_factor"])
+        x = std_conv(x, p["conv_root"]["kernel"], 2, r)
+        x = np.maximum(group_norm(x, p["gn_root"], eps=r.get("gn_epsilon", 1e-6)), 0)
         x = max_pool_same(x)
-        for s, n_units in enumerate(config["resnet"]["num_layers"]):
+        for s, n_units in enumerate(r["num_layers"]):
             for u in range(n_units):
                 stride = 2 if (s > 0 and u == 0) else 1
-                x = bottleneck(x, p[f"block{s + 1}"][f"unit{u + 1}"], width * 2**s, stride)
+                x = bottleneck(x, p[f"block{s + 1}"][f"unit{u + 1}"], width * 2**s, stride, r)
     ps = config["patches"]["size"]
     x = conv2d(x, p["embedding"]["kernel"], ps[0], "VALID") + p["embedding"]["bias"]
     b, gh, gw, d = x.shape
@@ -119,13 +135,13 @@ def vit_forward(params, images, config):
     heads = config["transformer"]["num_heads"]
     for i in range(config["transformer"]["num_layers"]):
         blk = t[f"encoderblock_{i}"]
-        a, _ = attention(layer_norm(x, blk["LayerNorm_0"]), blk["MultiHeadDotProductAttention_0"], heads)
+        a, _ = attention(layer_norm(x, blk["LayerNorm_0"], eps), blk["MultiHeadDotProductAttention_0"], heads)
         x = x + a
-        y = layer_norm(x, blk["LayerNorm_1"])
+        y = layer_norm(x, blk["LayerNorm_1"], eps)
         mlp = blk["MlpBlock_0"]
-        y = gelu_tanh(y @ mlp["Dense_0"]["kernel"] + mlp["Dense_0"]["bias"])
+        y = gelu(y @ mlp["Dense_0"]["kernel"] + mlp["Dense_0"]["bias"])
         x = x + y @ mlp["Dense_1"]["kernel"] + mlp["Dense_1"]["bias"]
-    x = layer_norm(x, t["encoder_norm"])
+    x = layer_norm(x, t["encoder_norm"], eps)
     x = x[:, 0] if config["classifier"] == "token" else x.mean(axis=1)
     if config.get("representation_size") is not None:
         x = np.tanh(x @ p["pre_logits"]["kernel"] + p["pre_logits"]["bias"])

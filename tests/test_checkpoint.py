@@ -109,7 +109,7 @@ def test_stacked_layout_round_trip(tmp_path):
 
 
 def test_missing_and_corrupt_files(tmp_path):
-    with pytest.raises(CheckpointError, match=r"not found: .*nope\.npz.*published at"):
+    with pytest.raises(CheckpointError, match=r"not found: .*nope\.npz.*Hugging Face Hub"):
         checkpoint.load(tmp_path / "nope.npz")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"\x00garbage" * 100)

@@ -2,6 +2,7 @@
 
     python -m vit_jax.analyze --workdir runs/quickstart [--num_images 256]
     python -m vit_jax.analyze --checkpoint ViT-B_16.npz --model ViT-B_16 --images DIR [--image_size 224]
+    python -m vit_jax.analyze --checkpoint hf-hub:timm/vit_base_patch16_224.augreg2_in21k_ft_in1k --images DIR
 
 Writes mean_attention_distance.png, attention_maps.png, posemb_similarity.png,
 embedding_filters.png and analysis.json into WORKDIR/analysis (or --outdir).
@@ -19,17 +20,21 @@ import numpy as np
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", help="a training run's workdir")
-    ap.add_argument("--checkpoint", help="an original-format .npz (with --model and --images)")
-    ap.add_argument("--model", help="registered model name for --checkpoint, e.g. ViT-B_16")
+    ap.add_argument(
+        "--checkpoint", help="published weights (with --images): .npz, a timm/transformers directory, hf-hub:ORG/NAME"
+    )
+    ap.add_argument(
+        "--model", help="the architecture of an .npz whose file name is not a registered name, e.g. ViT-B_16"
+    )
     ap.add_argument("--images", help="a directory of images for --checkpoint")
-    ap.add_argument("--image_size", type=int, default=224)
+    ap.add_argument("--image_size", type=int, help="default: the size the checkpoint was trained at")
     ap.add_argument("--num_images", type=int, default=256, help="images averaged over (default 256)")
     ap.add_argument("--outdir", help="default: WORKDIR/analysis, or ./analysis with --checkpoint")
     args = ap.parse_args(argv)
     if bool(args.workdir) == bool(args.checkpoint):
         ap.error("give exactly one of --workdir or --checkpoint")
-    if args.checkpoint and not (args.model and args.images):
-        ap.error("--checkpoint needs --model and --images")
+    if args.checkpoint and not args.images:
+        ap.error("--checkpoint needs --images")
 
     from vit_jax import analysis, errors, input_pipeline, preprocess, runs
 

@@ -12,6 +12,7 @@ with a leading layer axis; `load(..., stacked=True)`, `save` and `load_pretraine
 convert between that and the per-block layout.
 """
 
+import io
 import logging
 import os
 import re
@@ -31,7 +32,6 @@ POSEMB_KEY = "Transformer/posembed_input/pos_embedding"
 ROW_KEY = "Transformer/posembed_input/row_embedding"
 COL_KEY = "Transformer/posembed_input/col_embedding"
 RESIZE_METHODS = ("spline", "bilinear", "bicubic")
-PUBLISHED_URL = "https://console.cloud.google.com/storage/vit_models/"
 
 _MODULE_NUM = re.compile(r"^(.*)_(\d+)$")
 _GROUPNORM = re.compile(r"(^|/)gn(\d+|_root|_proj)/(scale|bias)$")
@@ -152,20 +152,22 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     if "://" not in path and not os.path.isfile(path):
         raise CheckpointError(
-            f"Checkpoint file not found: {path}. The original release's files are published at {PUBLISHED_URL}"
+            f"Checkpoint file not found: {path}. The original ViTs are published on the Hugging Face Hub "
+            "(vit_jax.pretrained.load('hf-hub:ORG/NAME'); the README lists them)."
         )
     try:
         with _open(path, "rb") as f:
-            with np.load(f, allow_pickle=False) as npz:
-                flat = {k: np.asarray(npz[k]) for k in npz.files}
-    except CheckpointError:
-        raise
+            data = f.read()
+    except Exception as e:  # a remote path: no network, no permission, no such object
+        raise CheckpointError(
+            f"Cannot read {path} ({errors.error_line(e)}): a network or storage failure, not a damaged file. Check "
+            "the connection and the path, or copy the file here and pass the local path."
+        ) from None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            flat = {k: np.asarray(npz[k]) for k in npz.files}
     except Exception as e:  # a damaged archive can fail in zipfile, zlib or numpy in many ways
-        try:
-            with _open(path, "rb") as f:
-                is_zip = f.read(2) == b"PK"
-        except Exception:
-            is_zip = False
+        is_zip = data[:2] == b"PK"
         why = f"{type(e).__name__}: {e}" if is_zip else "not a zip archive, which every .npz is"
         raise CheckpointError(
             f"{path} is not a readable .npz checkpoint ({why}); give a ViT .npz such as ViT-B_16.npz, or fetch "
@@ -331,7 +333,7 @@ def load_pretrained(
     unless `allow_missing` (take it from `init_params`) or `allow_extra` (drop it).
     A shape that does not fit is always an error naming every mismatch.
     """
-    restored = flatten(load(pretrained_path))
+    restored = flatten(_load_any(pretrained_path))
     init = flatten(unstack_blocks(jax.device_get(init_params)))
     had_cls = "cls" in restored  # the position embedding's cls row goes with the token
     _fit_head(restored, init, _field(model_config, "representation_size"))
@@ -339,6 +341,15 @@ def load_pretrained(
     _check_keys(restored, init, pretrained_path, allow_missing, allow_extra)
     out = unflatten({k: np.asarray(restored[k], dtype=np.asarray(init[k]).dtype) for k in init})
     return stack_blocks(out) if is_stacked(init_params) else out
+
+
+def _load_any(path: str) -> dict:
+    """The parameter tree of an original .npz, or of timm's or transformers' weights (vit_jax.pretrained)."""
+    from vit_jax import pretrained
+
+    if pretrained.is_layout_source(path):
+        return pretrained.load_cached(os.fspath(path)).params
+    return load(path)
 
 
 def _fit_head(restored: dict, init: dict, representation_size) -> None:

@@ -110,10 +110,54 @@ def read(path: str) -> ml_collections.ConfigDict:
 
 
 def resolve(config, num_devices: int | None = None) -> ml_collections.ConfigDict:
-    """What a run reads: the config completed with its defaults, then checked (once)."""
-    config = complete(config)
+    """What a run reads: the config completed with its defaults and, when it starts from timm's or
+    transformers' weights, with the model fields it leaves unset taken from them; then checked (once)."""
+    config = with_pretrained_model(complete(config))
     validate(config, num_devices)
     return config
+
+
+# Model fields a timm or transformers checkpoint brings: its numerics always (unless the config
+# sets them), its architecture when the config names no model. The pre-logits layer is not
+# carried over (fine-tuning drops it, as the original's recipe does) unless the config sets it.
+_NUMERICS_FIELDS = ("layernorm_epsilon", "gelu_approximate", "fc_norm")
+_ARCH_FIELDS = ("hidden_size", "patches.size", "transformer.mlp_dim", "transformer.num_heads")
+_ARCH_FIELDS += ("transformer.num_layers", "classifier", "resnet.num_layers", "resnet.width_factor")
+_RESNET_NUMERICS = ("resnet.ws_epsilon", "resnet.ws_epsilon_in_sqrt", "resnet.gn_epsilon")
+
+
+def with_pretrained_model(config) -> ml_collections.ConfigDict:
+    """`config` with its unset model fields filled from a timm or transformers pretrained source."""
+    from vit_jax import pretrained
+
+    path = pretrained_file(config)
+    if not path or not pretrained.is_layout_source(path):
+        return config
+    source = pretrained.load_cached(path)
+    flat = _flatten(source.model_config)
+    fields = _NUMERICS_FIELDS + (_RESNET_NUMERICS if flat.get("resnet.num_layers") is not None else ())
+    if not config.model_name:
+        fields += _ARCH_FIELDS
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for field in fields:
+            *parents, leaf = field.split(".")
+            node = config.model
+            for name in parents:
+                node = node[name]
+            if node.get(leaf) is None and flat.get(field) is not None:
+                node[leaf] = flat[field]
+    return config
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 # ----------------------------------------------------------------------------- what it describes
@@ -314,11 +358,12 @@ def _check_batches(config, num_devices: int) -> None:
 
 def check_files(config) -> None:
     """Files the run needs exist (checked before anything is compiled)."""
-    from vit_jax import checkpoint
+    from vit_jax import pretrained
 
     path = pretrained_file(config)
-    if path and "://" not in path and not os.path.isfile(path):
+    if path and "://" not in path and not path.startswith(pretrained.HUB_PREFIX) and not os.path.exists(path):
         raise ConfigError(
             f"Pretrained checkpoint {path} not found (config.pretrained_path / pretrained_dir). The original "
-            f"release's files are published at {checkpoint.PUBLISHED_URL} (imagenet21k/, augreg/)."
+            f"ViTs are published on the Hugging Face Hub: set --config.pretrained_path=hf-hub:{pretrained.HUB_EXAMPLE} "
+            "(or another repository in the README's table), or a local file or directory."
         )

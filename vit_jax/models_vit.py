@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import models_resnet, parallel
-from vit_jax.models_posemb import add_position_embedding, relative_position_index
+from vit_jax.models_attention import ATTENTION_IMPLS, MultiHeadDotProductAttention
+from vit_jax.models_posemb import add_position_embedding
 from vit_jax.utils import to_pair
 
 Array = Any
@@ -23,34 +24,11 @@ Dtype = Any
 
 CLASSIFIERS = ("token", "gap", "map", "unpooled", "token_unpooled")
 POSEMBS = ("learn", "none", "learn_2d", "sincos2d", "relative")
-ATTENTION_IMPLS = ("auto", "fused", "einsum", "dot_product_attention")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-def resolve_attention_impl(impl: str) -> str:
-    """The attention formulation to use on this backend.
-
-    On CPU, (batch, heads, tokens, head_dim) operands with batched matmuls measured
-    fastest (README, "Speed"); on GPU `jax.nn.dot_product_attention` lets XLA pick a
-    fused kernel (cuDNN where it applies).
-    """
-    if impl != "auto":
-        return impl
-    return "dot_product_attention" if jax.default_backend() == "gpu" else "fused"
-
-
-def _flat_xavier(in_axes: int):
-    """xavier_uniform computed on the kernel flattened to 2-D, as DenseGeneral does."""
-
-    def init(key, shape, dtype=jnp.float32):
-        flat = (int(np.prod(shape[:in_axes])), int(np.prod(shape[in_axes:])))
-        return nn.initializers.xavier_uniform()(key, flat, dtype).reshape(shape)
-
-    return init
 
 
 class IdentityLayer(nn.Module):
@@ -61,118 +39,9 @@ class IdentityLayer(nn.Module):
         return x
 
 
-class ProjectionParams(nn.Module):
-    """Holds one attention projection's kernel and bias (shapes of DenseGeneral).
-
-    The attention module reads the raw arrays so it can fuse the query, key and
-    value projections into one matmul while the tree keeps the original names
-    `query`, `key`, `value`, `out`.
-    """
-
-    kernel_shape: tuple[int, ...]
-    bias_shape: tuple[int, ...]
-    in_axes: int
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self):
-        kernel = self.param("kernel", _flat_xavier(self.in_axes), self.kernel_shape, self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, self.bias_shape, self.param_dtype)
-        return kernel, bias
-
-
-class MultiHeadDotProductAttention(nn.Module):
-    """Multi-head attention with the parameter layout of Flax's module of that name.
-
-    Optional `relative_bias`: a learned (2gh-1, 2gw-1, heads) table of logit biases
-    indexed by the 2-D offset between query and key patches (prefix tokens get 0).
-    """
-
-    num_heads: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    dropout_rate: float = 0.0
-    deterministic: bool = True
-    relative_grid: tuple[int, int] | None = None
-    num_prefix_tokens: int = 0
-    attention_impl: str = "auto"
-
-    @nn.compact
-    def __call__(self, inputs_q, inputs_kv=None, *, return_weights: bool = False):
-        d = inputs_q.shape[-1]
-        h = self.num_heads
-        if d % h:
-            raise ValueError(f"num_heads={h} does not divide hidden_size={d}.")
-        dh = d // h
-        pkw = dict(param_dtype=self.param_dtype)
-        in_proj = [ProjectionParams((d, h, dh), (h, dh), 1, name=n, **pkw)() for n in ("query", "key", "value")]
-        out_k, out_b = ProjectionParams((h, dh, d), (d,), 2, name="out", **pkw)()
-        cast = lambda a: jnp.asarray(a, self.dtype)  # noqa: E731
-        xq = cast(inputs_q)
-        # Fused projections: one (D, 3D) matmul for self-attention, (D, 2D) for k, v.
-        if inputs_kv is None:
-            w = jnp.concatenate([cast(k).reshape(d, d) for k, _ in in_proj], axis=1)
-            b = jnp.concatenate([cast(b).reshape(d) for _, b in in_proj])
-            qkv = (xq @ w + b).reshape(*xq.shape[:-1], 3, h, dh)
-            q, k, v = (qkv[..., i, :, :] for i in range(3))
-        else:
-            xkv = cast(inputs_kv)
-            (qk, qb), (kk, kb), (vk, vb) = in_proj
-            q = (xq @ cast(qk).reshape(d, d) + cast(qb).reshape(d)).reshape(*xq.shape[:-1], h, dh)
-            w = jnp.concatenate([cast(kk).reshape(d, d), cast(vk).reshape(d, d)], axis=1)
-            b = jnp.concatenate([cast(kb).reshape(d), cast(vb).reshape(d)])
-            kv = (xkv @ w + b).reshape(*xkv.shape[:-1], 2, h, dh)
-            k, v = kv[..., 0, :, :], kv[..., 1, :, :]
-        bias = None
-        if self.relative_grid is not None:
-            bias = self._relative_bias(k.shape[1]).astype(self.dtype)
-
-        impl = resolve_attention_impl(self.attention_impl)
-        dropout = not self.deterministic and self.dropout_rate > 0
-        if impl == "dot_product_attention" and not (return_weights or dropout):
-            out = jax.nn.dot_product_attention(q, k, v, bias=bias)
-            weights = None
-        else:
-            if impl == "einsum":  # Flax's formulation, (B, T, H, dh) operands.
-                logits = jnp.einsum("bqhd,bkhd->bhqk", q / jnp.sqrt(dh).astype(self.dtype), k)
-            else:  # (B, H, T, dh) operands and plain batched matmuls.
-                q, k, v = (jnp.transpose(a, (0, 2, 1, 3)) for a in (q, k, v))
-                logits = (q / jnp.sqrt(dh).astype(self.dtype)) @ jnp.swapaxes(k, -1, -2)
-            if bias is not None:
-                logits = logits + bias
-            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-            used = weights
-            if dropout:
-                keep = 1.0 - self.dropout_rate
-                mask = jax.random.bernoulli(self.make_rng("dropout"), keep, weights.shape)
-                used = weights * (mask / keep).astype(self.dtype)
-            if impl == "einsum":
-                out = jnp.einsum("bhqk,bkhd->bqhd", used, v)
-            else:
-                out = jnp.transpose(used @ v, (0, 2, 1, 3))
-        out = out.reshape(*xq.shape[:-1], d) @ cast(out_k).reshape(d, d) + cast(out_b)
-        return out, (weights if return_weights else None)
-
-    def _relative_bias(self, num_tokens: int):
-        gh, gw = self.relative_grid
-        table = self.param(
-            "relative_bias",
-            nn.initializers.normal(stddev=0.02),
-            (2 * gh - 1, 2 * gw - 1, self.num_heads),
-            self.param_dtype,
-        )
-        idx = relative_position_index(gh, gw)
-        bias = table.reshape(-1, self.num_heads)[idx]  # (N, N, H)
-        bias = jnp.transpose(bias, (2, 0, 1))
-        p = self.num_prefix_tokens
-        if p:
-            bias = jnp.pad(bias, ((0, 0), (p, 0), (p, 0)))
-        assert bias.shape[-1] == num_tokens, (bias.shape, num_tokens)
-        return bias[None]
-
-
 class MlpBlock(nn.Module):
-    """Dense -> GELU (tanh) -> dropout -> Dense -> dropout."""
+    """Dense -> GELU -> dropout -> Dense -> dropout. GELU is the tanh approximation, as in the
+    original; `gelu_approximate=False` computes it exactly (erf), as timm and transformers do."""
 
     mlp_dim: int
     dtype: Dtype = jnp.float32
@@ -180,6 +49,7 @@ class MlpBlock(nn.Module):
     out_dim: int | None = None
     dropout_rate: float = 0.1
     deterministic: bool = True
+    gelu_approximate: bool = True
 
     @nn.compact
     def __call__(self, inputs):
@@ -191,7 +61,7 @@ class MlpBlock(nn.Module):
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(stddev=1e-6),
         )
-        x = nn.gelu(dense(self.mlp_dim)(inputs))
+        x = nn.gelu(dense(self.mlp_dim)(inputs), approximate=self.gelu_approximate)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
         x = dense(out_dim)(x)
         return nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
@@ -224,17 +94,20 @@ class Encoder1DBlock(nn.Module):
     num_prefix_tokens: int = 0
     return_intermediates: bool = False
     attention_impl: str = "auto"
+    layernorm_epsilon: float = 1e-6
+    gelu_approximate: bool = True
 
     @nn.compact
     def __call__(self, inputs, droppath_rate=0.0):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        norm_kw = dict(epsilon=self.layernorm_epsilon, **kw)
 
         def branch(y):
             if self.use_droppath and not self.deterministic:
                 return drop_path(y, droppath_rate, self.make_rng("dropout"))
             return y
 
-        x = nn.LayerNorm(name="LayerNorm_0", **kw)(inputs)
+        x = nn.LayerNorm(name="LayerNorm_0", **norm_kw)(inputs)
         x, weights = MultiHeadDotProductAttention(
             num_heads=self.num_heads,
             dropout_rate=self.attention_dropout_rate,
@@ -248,11 +121,12 @@ class Encoder1DBlock(nn.Module):
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
         x = branch(x) + inputs
 
-        y = nn.LayerNorm(name="LayerNorm_1", **kw)(x)
+        y = nn.LayerNorm(name="LayerNorm_1", **norm_kw)(x)
         y = MlpBlock(
             mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate,
             deterministic=self.deterministic,
+            gelu_approximate=self.gelu_approximate,
             name="MlpBlock_0",
             **kw,
         )(y)
@@ -277,6 +151,9 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention_impl: str = "auto"
+    layernorm_epsilon: float = 1e-6
+    gelu_approximate: bool = True
+    final_norm: bool = True  # False: the head normalises after pooling (fc_norm)
 
     @nn.compact
     def __call__(self, x, *, train: bool, return_intermediates: bool = False):
@@ -299,6 +176,8 @@ class Encoder(nn.Module):
             num_prefix_tokens=self.num_prefix_tokens,
             return_intermediates=return_intermediates,
             attention_impl=self.attention_impl,
+            layernorm_epsilon=self.layernorm_epsilon,
+            gelu_approximate=self.gelu_approximate,
         )
         # Stochastic depth grows linearly with depth, from 0 to droppath_rate.
         rates = np.linspace(0.0, self.droppath_rate, self.num_layers) if self.num_layers > 1 else np.zeros(1)
@@ -321,7 +200,10 @@ class Encoder(nn.Module):
                 x, a = block_cls(name=f"encoderblock_{lyr}", **block_kw)(x, float(rates[lyr]))
                 auxs.append(a)
             aux = jax.tree.map(lambda *a: jnp.stack(a), *auxs) if return_intermediates else None
-        encoded = nn.LayerNorm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        encoded = x
+        if self.final_norm:
+            norm_kw = dict(epsilon=self.layernorm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+            encoded = nn.LayerNorm(name="encoder_norm", **norm_kw)(x)
         if not return_intermediates:
             return encoded, None
         attention, tokens = aux
@@ -335,6 +217,8 @@ class MAPHead(nn.Module):
     mlp_dim: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    layernorm_epsilon: float = 1e-6
+    gelu_approximate: bool = True
 
     @nn.compact
     def __call__(self, x):
@@ -344,8 +228,9 @@ class MAPHead(nn.Module):
         x, _ = MultiHeadDotProductAttention(num_heads=self.num_heads, name="MultiHeadDotProductAttention_0", **kw)(
             probe, x
         )
-        y = nn.LayerNorm(name="LayerNorm_0", **kw)(x)
-        x = x + MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=0.0, name="MlpBlock_0", **kw)(y)
+        y = nn.LayerNorm(name="LayerNorm_0", epsilon=self.layernorm_epsilon, **kw)(x)
+        mlp = MlpBlock(self.mlp_dim, dropout_rate=0.0, gelu_approximate=self.gelu_approximate, name="MlpBlock_0", **kw)
+        x = x + mlp(y)
         return x[:, 0]
 
 
@@ -374,6 +259,10 @@ class VisionTransformer(nn.Module):
     remat: str = "none"
     scan: bool = False
     attention_impl: str = "auto"
+    # Numerics of other codebases' weights (defaults: the original's).
+    layernorm_epsilon: float = 1e-6  # transformers' published ViTs: 1e-12
+    gelu_approximate: bool = True  # timm and transformers: False (exact erf GELU)
+    fc_norm: bool = False  # gap: normalise the pooled vector (timm's fc_norm), not the tokens
 
     @nn.compact
     def __call__(self, inputs, *, train: bool = False, return_intermediates: bool = False):
@@ -402,6 +291,9 @@ class VisionTransformer(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             attention_impl=self.attention_impl,
+            layernorm_epsilon=self.layernorm_epsilon,
+            gelu_approximate=self.gelu_approximate,
+            final_norm=not self.fc_norm,
             name="Transformer",
         )(x, train=train, return_intermediates=return_intermediates)
         encoded = x
@@ -430,7 +322,7 @@ class VisionTransformer(nn.Module):
         img_h, img_w = x.shape[1:3]
         if self.resnet is not None:
             num_layers = tuple(self.resnet["num_layers"])
-            x = models_resnet.apply_stem(x, num_layers, self.resnet["width_factor"], self.dtype, self.param_dtype)
+            x = models_resnet.apply_stem(x, num_layers, self.resnet, self.dtype, self.param_dtype)
         _, h, w, _ = x.shape
         if h % ph or w % pw:
             where = (
@@ -458,6 +350,9 @@ class VisionTransformer(nn.Module):
         """The encoded tokens -> what the head classifies (the unpooled heads keep every token)."""
         if self.classifier == "token":
             return x[:, 0]
+        if self.classifier == "gap" and self.fc_norm:
+            norm_kw = dict(epsilon=self.layernorm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+            return nn.LayerNorm(name="fc_norm", **norm_kw)(jnp.mean(x, axis=1))
         if self.classifier == "gap":
             return jnp.mean(x, axis=1)
         if self.classifier == "map":
@@ -467,6 +362,8 @@ class VisionTransformer(nn.Module):
                 mlp_dim=t["mlp_dim"],
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                layernorm_epsilon=self.layernorm_epsilon,
+                gelu_approximate=self.gelu_approximate,
                 name="MAPHead",
             )(x)
         return x
@@ -501,6 +398,8 @@ class VisionTransformer(nn.Module):
                 "droppath_rate": self.droppath_rate,
                 "remat": self._remat_policy(),
                 "attention_impl": self.attention_impl,
+                "layernorm_epsilon": self.layernorm_epsilon,
+                "fc_norm": self.fc_norm,
             }
         )
 
@@ -578,6 +477,13 @@ def check_fields(fields: dict[str, Any]) -> None:
     for field, value, ok, fix in checks:
         if not ok(value):
             raise ValueError(f"{field}={value!r}: {fix}.")
+    eps = fields.get("layernorm_epsilon")
+    if eps is not None and not (_is_number(eps) and eps > 0):
+        raise ValueError(f"layernorm_epsilon={eps!r}: use a small positive number, like 1e-6.")
+    if fields.get("fc_norm") and (fields.get("classifier") or "token") != "gap":
+        raise ValueError(
+            f"fc_norm=True: it normalises the pooled vector of classifier='gap'; {fields['classifier']!r} has none."
+        )
     if fields["hidden_size"] % t["num_heads"]:
         raise ValueError(
             f"transformer.num_heads={t['num_heads']} does not divide hidden_size={fields['hidden_size']}: "

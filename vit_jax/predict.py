@@ -2,6 +2,7 @@
 
     python -m vit_jax.predict --workdir runs/quickstart IMAGE [IMAGE ...] [--json]
     python -m vit_jax.predict --checkpoint FILE.npz --model ViT-B_16 [--labels names.txt] IMAGE ...
+    python -m vit_jax.predict --checkpoint hf-hub:google/vit-base-patch16-224 IMAGE ...
 
 An image that cannot be read is reported (one line naming the file) and the others
 are still predicted; the exit status is then 1.
@@ -18,17 +19,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="+", help="image files")
     ap.add_argument("--workdir", help="a training run's workdir")
-    ap.add_argument("--checkpoint", help="an original-format .npz (with --model)")
-    ap.add_argument("--model", help="registered model name for --checkpoint")
-    ap.add_argument("--image_size", type=int, default=224)
+    ap.add_argument("--checkpoint", help="published weights: .npz, a timm/transformers directory, hf-hub:ORG/NAME")
+    ap.add_argument("--model", help="the architecture of an .npz whose file name is not a registered name")
+    ap.add_argument("--image_size", type=int, help="default: the size the checkpoint was trained at")
     ap.add_argument("--labels", help="class names, one per line, for --checkpoint")
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="one JSON object per image")
     args = ap.parse_args(argv)
     if bool(args.workdir) == bool(args.checkpoint):
         ap.error("give exactly one of --workdir or --checkpoint")
-    if args.checkpoint and not args.model:
-        ap.error("--checkpoint needs --model")
 
     import jax
 

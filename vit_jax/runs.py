@@ -6,13 +6,11 @@ import json
 import os
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from vit_jax import checkpoint, errors, input_pipeline, models, preprocess
-from vit_jax.configs import models as model_configs
 
 
 class RunError(errors.UserError):
@@ -57,39 +55,28 @@ def from_workdir(workdir: str) -> LoadedModel:
     return LoadedModel(model, params, class_names, pp, config, source)
 
 
-def from_checkpoint(path: str, model_name: str, image_size: int, labels: str | None = None) -> LoadedModel:
-    """An original-format .npz with a registered model (head size read from the file)."""
-    params = checkpoint.load(path)
-    try:
-        config = model_configs.get_config(model_configs.resolve_name(model_name)).to_dict()
-    except KeyError as e:
-        raise RunError(str(e.args[0])) from None
-    if "head" not in params:
-        raise RunError(f"{path} has no classification head ('head/kernel').")
-    num_classes = np.asarray(params["head"]["kernel"]).shape[-1]
-    if "pre_logits" in params:
-        config["representation_size"] = np.asarray(params["pre_logits"]["kernel"]).shape[-1]
-    if "cls" not in params and config.get("classifier") == "token":
-        config["classifier"] = "gap"
-    model = models.VisionTransformer(num_classes=num_classes, **config)
-    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    init = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False)["params"])
-    expected = {k: v.shape for k, v in checkpoint.flatten(init).items()}
-    got = {k: np.shape(v) for k, v in checkpoint.flatten(params).items()}
-    bad = [f"{k}: file {got.get(k)} vs model {s}" for k, s in expected.items() if got.get(k) != s]
-    if bad:
-        raise RunError(
-            f"{path} does not fit {model_name} at {image_size} px: {'; '.join(bad[:6])}"
-            + (" ..." if len(bad) > 6 else "")
-            + ". Check --model and --image_size (the size the checkpoint was trained at)."
-        )
+def from_checkpoint(
+    path: str, model_name: str | None, image_size: int | None, labels: str | None = None
+) -> LoadedModel:
+    """Published weights (vit_jax.pretrained: an original .npz, a timm or transformers directory,
+    hf-hub:ORG/NAME) with their classification head. An .npz needs its registered model name
+    unless its file name is one; `image_size` defaults to the size the weights were trained at."""
+    from vit_jax import pretrained
+
+    p = pretrained.load(path, model_name)
+    if not p.num_classes:
+        raise RunError(f"{path} has no classification head ('head/kernel'); it gives features, not classes.")
+    trained = p.image_size[0] if p.image_size else None
+    size = image_size or trained or 224
+    if trained and size != trained:
+        raise RunError(f"{path} was trained at {trained} px, not {size} px: pass --image_size {trained}.")
     if labels:
         with open(labels) as f:
             class_names = [line.strip() for line in f if line.strip()]
     else:
-        class_names = [str(i) for i in range(num_classes)]
-    pp = {"crop": image_size, "channels": 3, "decode_size": (image_size, image_size)}
-    return LoadedModel(model, params, class_names, pp, None, path)
+        class_names = p.class_names or [str(i) for i in range(p.num_classes)]
+    pp = {"crop": size, "channels": 3, "decode_size": (size, size)}
+    return LoadedModel(p.model(), p.params, class_names, pp, None, p.source)
 
 
 def load_images(paths: list[str], loaded: LoadedModel) -> tuple[np.ndarray, list[str], list[str]]:

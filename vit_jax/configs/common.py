@@ -48,13 +48,24 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.resnet = ml_collections.ConfigDict(
         {"num_layers": config_dict.placeholder(tuple), "width_factor": config_dict.placeholder(float)}
     )
+    # Weight standardisation and GroupNorm numerics (unset: the original's; timm's hybrids bring theirs).
+    c.model.resnet.ws_epsilon = config_dict.placeholder(float)
+    c.model.resnet.ws_epsilon_in_sqrt = config_dict.placeholder(bool)
+    c.model.resnet.gn_epsilon = config_dict.placeholder(float)
     c.model.posemb = config_dict.placeholder(str)
     c.model.droppath_rate = config_dict.placeholder(float)
     c.model.remat = config_dict.placeholder(str)
     c.model.scan = config_dict.placeholder(bool)
     c.model.attention_impl = config_dict.placeholder(str)
     c.model.head_bias_init = config_dict.placeholder(float)
+    # Numerics of weights from other codebases (unset: the registered model's, else the original's;
+    # a pretrained timm or transformers checkpoint brings its own).
+    c.model.layernorm_epsilon = config_dict.placeholder(float)
+    c.model.gelu_approximate = config_dict.placeholder(bool)
+    c.model.fc_norm = config_dict.placeholder(bool)
     c.model.dtype = "float32"  # computation; parameters stay float32
+    # A checkpoint to start from: an original .npz (local or gs://), a timm or transformers model
+    # directory, or hf-hub:ORG/NAME (vit_jax.pretrained).
     c.pretrained_path = config_dict.placeholder(str)
     c.pretrained_dir = config_dict.placeholder(str)  # with model_name: DIR/<model_name>.npz
 
