@@ -345,7 +345,9 @@ def run(
     from vit_jax import config as config_lib
     from vit_jax import parallel
 
-    config = config_lib.resolve(config)
+    # Checked as a run is, without fetching pretrained weights: the benchmark times random ones.
+    config = config_lib.complete(config)
+    config_lib.validate(config)
     batch = int(config.batch)
     compute = "bfloat16" if config.model.dtype == "bfloat16" else "float32"
     timed = any(m != "input" for m in modes) and steps > 0
