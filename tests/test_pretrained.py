@@ -377,3 +377,23 @@ def test_a_remote_file_that_cannot_be_fetched_is_a_network_failure_not_a_damaged
     message = str(e.value)
     assert "gs://vit_models/imagenet21k/ViT-B_16.npz" in message and "network or storage failure" in message
     assert "not a damaged file" in message and "zip" not in message
+
+
+def test_weights_missing_a_layer_of_the_layout_are_one_error(tmp_path):
+    state = timm_state(np.random.default_rng(4))
+    del state["blocks.1.attn.qkv.bias"]  # e.g. a variant without attention biases
+    d = write_dir(tmp_path / "m", state, {"architecture": "vit_base_patch16_224", "model_args": {"num_heads": 4}})
+    with pytest.raises(pretrained.PretrainedError, match=r"has no 'blocks\.1\.attn\.qkv\.bias'"):
+        pretrained.load(d)
+
+
+@pytest.mark.parametrize(
+    "overrides,field,value",
+    [({"classifier": "map"}, "classifier", "map"), ({"posemb": "learn_2d"}, "posemb", "learn_2d")],
+)
+def test_the_config_read_off_the_weights_knows_our_heads_and_embeddings(overrides, field, value):
+    _, params = make(tiny_config(**overrides))
+    assert pretrained.config_from_params(params, 4)[field] == value
+    _, params = make(tiny_config(posemb="sincos2d"))
+    with pytest.raises(pretrained.PretrainedError, match="no position-embedding table"):
+        pretrained.config_from_params(params, 4)

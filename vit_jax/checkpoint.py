@@ -333,7 +333,7 @@ def load_pretrained(
     unless `allow_missing` (take it from `init_params`) or `allow_extra` (drop it).
     A shape that does not fit is always an error naming every mismatch.
     """
-    restored = flatten(_load_any(pretrained_path))
+    restored = flatten(_load_any(pretrained_path, _field(model_config, "model_name")))
     init = flatten(unstack_blocks(jax.device_get(init_params)))
     had_cls = "cls" in restored  # the position embedding's cls row goes with the token
     _fit_head(restored, init, _field(model_config, "representation_size"))
@@ -343,12 +343,12 @@ def load_pretrained(
     return stack_blocks(out) if is_stacked(init_params) else out
 
 
-def _load_any(path: str) -> dict:
+def _load_any(path: str, model_name: str | None = None) -> dict:
     """The parameter tree of an original .npz, or of timm's or transformers' weights (vit_jax.pretrained)."""
     from vit_jax import pretrained
 
     if pretrained.is_layout_source(path):
-        return pretrained.load_cached(os.fspath(path)).params
+        return pretrained.load_cached(os.fspath(path), model_name).params
     return load(path)
 
 

@@ -122,7 +122,8 @@ def resolve(config, num_devices: int | None = None) -> ml_collections.ConfigDict
 # carried over (fine-tuning drops it, as the original's recipe does) unless the config sets it.
 _NUMERICS_FIELDS = ("layernorm_epsilon", "gelu_approximate", "fc_norm")
 _ARCH_FIELDS = ("hidden_size", "patches.size", "transformer.mlp_dim", "transformer.num_heads")
-_ARCH_FIELDS += ("transformer.num_layers", "classifier", "resnet.num_layers", "resnet.width_factor")
+_ARCH_FIELDS += ("transformer.num_layers", "transformer.dropout_rate", "transformer.attention_dropout_rate")
+_ARCH_FIELDS += ("classifier", "resnet.num_layers", "resnet.width_factor")
 _RESNET_NUMERICS = ("resnet.ws_epsilon", "resnet.ws_epsilon_in_sqrt", "resnet.gn_epsilon")
 
 
@@ -133,7 +134,7 @@ def with_pretrained_model(config) -> ml_collections.ConfigDict:
     path = pretrained_file(config)
     if not path or not pretrained.is_layout_source(path):
         return config
-    source = pretrained.load_cached(path)
+    source = pretrained.load_cached(path, config.model_name)
     flat = _flatten(source.model_config)
     fields = _NUMERICS_FIELDS + (_RESNET_NUMERICS if flat.get("resnet.num_layers") is not None else ())
     if not config.model_name:

@@ -480,10 +480,9 @@ def check_fields(fields: dict[str, Any]) -> None:
     eps = fields.get("layernorm_epsilon")
     if eps is not None and not (_is_number(eps) and eps > 0):
         raise ValueError(f"layernorm_epsilon={eps!r}: use a small positive number, like 1e-6.")
-    if fields.get("fc_norm") and (fields.get("classifier") or "token") != "gap":
-        raise ValueError(
-            f"fc_norm=True: it normalises the pooled vector of classifier='gap'; {fields['classifier']!r} has none."
-        )
+    classifier = fields.get("classifier") or "token"
+    if fields.get("fc_norm") and classifier != "gap":
+        raise ValueError(f"fc_norm=True: it normalises the pooled vector of classifier='gap'; {classifier!r} has none.")
     if fields["hidden_size"] % t["num_heads"]:
         raise ValueError(
             f"transformer.num_heads={t['num_heads']} does not divide hidden_size={fields['hidden_size']}: "

@@ -158,7 +158,7 @@ def _load_dir(directory: str, model: str | None) -> Pretrained:
         arch = model or config["architecture"]
         args = config.get("model_args") or {}  # what differs from the architecture's defaults
         heads = int(args["num_heads"]) if "num_heads" in args else _heads_of(arch)
-        shaped = not any(k in args for k in ("img_size", "patch_size", "embed_dim", "depth", "in_chans"))
+        shaped = not set(args) - {"act_layer"}  # any other argument changes the name's shapes
         p = _from_state(state, heads, directory, arch if shaped else None, args.get("act_layer") == "gelu_tanh")
         names = (config.get("pretrained_cfg") or {}).get("label_names")
         return dataclasses.replace(p, class_names=list(names) if names else None)
@@ -173,7 +173,7 @@ def _from_hf(state: dict, config: dict, source: str) -> Pretrained:
     if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh"):
         raise PretrainedError(f"{source}: hidden_act={act!r} is not a GELU this model computes.")
     numerics = {"gelu_approximate": act != "gelu", "layernorm_epsilon": float(config.get("layer_norm_eps", 1e-12))}
-    params, unused = layouts.from_hf(state, int(config["num_attention_heads"]))
+    params, unused = _convert(layouts.from_hf, state, int(config["num_attention_heads"]), source, "transformers")
     _no_leftovers(unused, source, "transformers")
     p = _finish(params, numerics, int(config["num_attention_heads"]), source, None)
     labels = config.get("id2label") or {}
@@ -186,12 +186,23 @@ def _from_state(state: dict, heads: int, source: str, model: str | None, gelu_ta
     width = int(np.shape(state.get("patch_embed.proj.weight", np.zeros(1)))[0])
     # Heads that do not divide the width mean the name is wrong: lay the weights out with one
     # head, so the check against the named architecture lists every array that differs.
-    params, unused = layouts.from_timm(state, heads if width % heads == 0 else 1)
+    params, unused = _convert(layouts.from_timm, state, heads if width % heads == 0 else 1, source, "timm")
     _no_leftovers(unused, source, "timm")
     numerics = dict(TIMM_NUMERICS, gelu_approximate=gelu_tanh)
     if "fc_norm" in params:
         numerics["fc_norm"] = True
     return _finish(params, numerics, heads, source, model)
+
+
+def _convert(from_layout, state: dict, heads: int, source: str, layout: str):
+    """The layout's mapping; a weight it needs and does not find means another architecture."""
+    try:
+        return from_layout(state, heads)
+    except KeyError as e:
+        raise PretrainedError(
+            f"{source} is not an original ViT in {layout}'s layout: it has no {e.args[0]!r} (another architecture, "
+            "or a variant such as one without attention biases)."
+        ) from None
 
 
 def _no_leftovers(unused: list[str], source: str, layout: str) -> None:
@@ -224,6 +235,8 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 def _finish(params: dict, numerics: dict, heads: int, source: str, name: str | None) -> Pretrained:
     """The model config read off the weights' shapes (plus heads and numerics), checked against
     the named architecture when there is one."""
+    if "embedding" not in params or "encoderblock_0" not in params.get("Transformer", {}):
+        raise PretrainedError(f"{source} holds no ViT (no patch embedding or encoder blocks): another model family?")
     config = config_from_params(params, heads)
     if config.get("resnet") is not None and numerics:
         config["resnet"].update(TIMM_RESNET_NUMERICS)
@@ -255,9 +268,19 @@ def config_from_params(params: dict, num_heads: int) -> dict[str, Any]:
             "dropout_rate": 0.0,
             "attention_dropout_rate": 0.0,
         },
-        "classifier": "token" if "cls" in params else "gap",
+        "classifier": "map" if "MAPHead" in params else "token" if "cls" in params else "gap",
         "representation_size": int(np.shape(params["pre_logits"]["kernel"])[-1]) if "pre_logits" in params else None,
     }
+    posemb = t.get("posembed_input", {})
+    if "row_embedding" in posemb:
+        config["posemb"] = "learn_2d"
+    elif any("relative_bias" in k for k in checkpoint.flatten(t)):
+        config["posemb"] = "relative"
+    elif "pos_embedding" not in posemb:
+        raise PretrainedError(
+            "The weights have no position-embedding table: a 'none' or 'sincos2d' model, which the weights "
+            "alone cannot tell apart. Load a run's model through its workdir (vit_jax.runs.from_workdir)."
+        )
     if "conv_root" in params:
         stages = sorted((k for k in params if re.fullmatch(r"block\d+", k)), key=lambda k: int(k[5:]))
         config["resnet"] = {
@@ -279,8 +302,8 @@ def _image_size(params: dict, config: dict) -> tuple[int, int] | None:
     stride = 1
     if config.get("resnet") is not None:
         stride = 2 ** models_resnet.num_downsamplings(config["resnet"]["num_layers"])
-    p = config["patches"]["size"][0]
-    return g * p * stride, g * p * stride
+    ph, pw = config["patches"]["size"]
+    return g * ph * stride, g * pw * stride
 
 
 def architecture(name: str) -> dict[str, Any]:
@@ -350,6 +373,9 @@ def check_fits(params: dict, config: dict, num_classes: int, image, source: str,
         raise PretrainedError(f"{source} does not fit {name}: {e}") from None
     want = {k: tuple(v.shape) for k, v in checkpoint.flatten(expected).items()}
     got = {k: tuple(np.shape(v)) for k, v in checkpoint.flatten(params).items()}
+    if image is None:  # a grid whose shape the weights do not tell: its size is not checked
+        want = {k: v for k, v in want.items() if not k.startswith("Transformer/posembed_input/")}
+        got = {k: v for k, v in got.items() if not k.startswith("Transformer/posembed_input/")}
     bad = [f"{k}: weights {got.get(k)} vs {name} {s}" for k, s in want.items() if got.get(k) != s]
     bad += [f"{k}: weights {s}, not in {name}" for k, s in got.items() if k not in want]
     if bad:

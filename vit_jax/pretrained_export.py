@@ -35,7 +35,14 @@ TIMM_PURE = {
 }
 # ... and with a GAP head (the tokens normalised before pooling, as the original's GAP).
 TIMM_GAP = {("base", 16): (224,), ("huge", 14): (224,)}
-TIMM_HYBRID_SIZES = (224, 384)
+# timm's hybrid names -> the image sizes it has them at.
+TIMM_HYBRID_SIZES = {
+    "vit_tiny_r_s16_p8": (224, 384),
+    "vit_small_r26_s32": (224, 384),
+    "vit_base_r26_s32": (224,),
+    "vit_base_r50_s16": (224, 384),
+    "vit_large_r50_s32": (224, 384),
+}
 
 
 def _error(message: str):
@@ -60,6 +67,11 @@ def _shape_facts(params: dict, config: dict) -> dict[str, Any]:
     t = params["Transformer"]
     tokens = np.shape(t["posembed_input"]["pos_embedding"])[1] - int("cls" in params)
     g = int(round(np.sqrt(tokens)))
+    if g * g != tokens:
+        raise _error(
+            f"The position embedding's {tokens} tokens are not a square grid; timm's and transformers' ViTs "
+            "take square images: export this model as 'npz'."
+        )
     stride = 1
     if config.get("resnet") is not None:
         stride = 2 ** models_resnet.num_downsamplings(config["resnet"]["num_layers"])
@@ -91,7 +103,7 @@ def timm_architecture(params: dict, config: dict) -> tuple[str, dict[str, Any]]:
         args["in_chans"] = facts["in_chans"]
     if config.get("resnet") is not None:
         name = next((k for k, v in TIMM_HYBRIDS.items() if _same_hybrid(v, config)), None)
-        if name is None or facts["image"] not in TIMM_HYBRID_SIZES or facts["in_chans"] != 3:
+        if name is None or facts["image"] not in TIMM_HYBRID_SIZES.get(name, ()) or facts["in_chans"] != 3:
             raise _error(
                 "timm has no hybrid of this shape (its hybrids: " + ", ".join(sorted(TIMM_HYBRIDS)) + ", at 224 or "
                 "384 px, RGB); export it as 'npz'."
@@ -131,12 +143,18 @@ def _same_shapes(named: dict, config: dict) -> bool:
 def _same_hybrid(registered: str, config: dict) -> bool:
     from vit_jax.configs import models as model_configs
 
-    r = model_configs.get_config(registered)
+    r = model_configs.get_config(registered).to_dict()
     return (
-        tuple(r.resnet.num_layers) == tuple(config["resnet"]["num_layers"])
-        and r.hidden_size == config["hidden_size"]
-        and r.transformer.num_layers == config["transformer"]["num_layers"]
+        _same_shapes(r, config)
+        and tuple(r["resnet"]["num_layers"]) == tuple(config["resnet"]["num_layers"])
+        and r["resnet"]["width_factor"] == config["resnet"].get("width_factor", 1)
     )
+
+
+def _first_conv(config: dict) -> str:
+    if config.get("resnet") is None:
+        return "patch_embed.proj"
+    return "patch_embed.backbone.stem.conv" if config["resnet"]["num_layers"] else "patch_embed.backbone.conv"
 
 
 def write_timm(params: dict, config: dict, directory: str, class_names: list[str] | None) -> str:
@@ -156,10 +174,11 @@ def write_timm(params: dict, config: dict, directory: str, class_names: list[str
             "input_size": [facts["in_chans"], facts["image"] or 224, facts["image"] or 224],
             "mean": [0.5] * facts["in_chans"],  # the original's input range: [-1, 1]
             "std": [0.5] * facts["in_chans"],
+            "fixed_input_size": True,
             "interpolation": "bilinear",
             "crop_pct": 1.0,
             "num_classes": facts["num_classes"],
-            "first_conv": "patch_embed.backbone.stem.conv" if config.get("resnet") else "patch_embed.proj",
+            "first_conv": _first_conv(config),
             "classifier": "head",
         },
     }

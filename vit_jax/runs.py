@@ -66,16 +66,21 @@ def from_checkpoint(
     p = pretrained.load(path, model_name)
     if not p.num_classes:
         raise RunError(f"{path} has no classification head ('head/kernel'); it gives features, not classes.")
-    trained = p.image_size[0] if p.image_size else None
-    size = image_size or trained or 224
-    if trained and size != trained:
-        raise RunError(f"{path} was trained at {trained} px, not {size} px: pass --image_size {trained}.")
+    trained = tuple(p.image_size) if p.image_size else None
+    if image_size:
+        size = (image_size, image_size)
+        if trained and size != trained:
+            raise RunError(f"{path} was trained at {trained[0]}x{trained[1]} px, not {image_size}: drop --image_size.")
+    elif trained:
+        size = trained
+    else:
+        raise RunError(f"{path}: the image size cannot be read from its position embedding; pass --image_size.")
     if labels:
         with open(labels) as f:
             class_names = [line.strip() for line in f if line.strip()]
     else:
         class_names = p.class_names or [str(i) for i in range(p.num_classes)]
-    pp = {"crop": size, "channels": 3, "decode_size": (size, size)}
+    pp = {"crop": size, "channels": 3, "decode_size": size}
     return LoadedModel(p.model(), p.params, class_names, pp, None, p.source)
 
 
