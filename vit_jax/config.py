@@ -129,13 +129,13 @@ _RESNET_NUMERICS = ("resnet.ws_epsilon", "resnet.ws_epsilon_in_sqrt", "resnet.gn
 
 def with_pretrained_model(config) -> ml_collections.ConfigDict:
     """`config` with its unset model fields filled from a timm or transformers pretrained source."""
-    from vit_jax import pretrained
+    from vit_jax import checkpoint, pretrained
 
     path = pretrained_file(config)
     if not path or not pretrained.is_layout_source(path):
         return config
     source = pretrained.load_cached(path, config.model_name)
-    flat = _flatten(source.model_config)
+    flat = {k.replace("/", "."): v for k, v in checkpoint.flatten(source.model_config).items()}
     fields = _NUMERICS_FIELDS + (_RESNET_NUMERICS if flat.get("resnet.num_layers") is not None else ())
     if not config.model_name:
         fields += _ARCH_FIELDS
@@ -149,16 +149,6 @@ def with_pretrained_model(config) -> ml_collections.ConfigDict:
             if node.get(leaf) is None and flat.get(field) is not None:
                 node[leaf] = flat[field]
     return config
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ----------------------------------------------------------------------------- what it describes

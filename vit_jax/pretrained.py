@@ -242,7 +242,7 @@ def _finish(params: dict, numerics: dict, heads: int, source: str, name: str | N
         config["resnet"].update(TIMM_RESNET_NUMERICS)
     config.update(numerics)
     num_classes = int(np.shape(params["head"]["kernel"])[-1]) if "head" in params else 0
-    image = _image_size(params, config)
+    image = image_size(params, config)
     if name is not None:
         named = dict(architecture(name), **{k: config[k] for k in ("classifier", "representation_size")})
         named.update(numerics)
@@ -290,8 +290,8 @@ def config_from_params(params: dict, num_heads: int) -> dict[str, Any]:
     return config
 
 
-def _image_size(params: dict, config: dict) -> tuple[int, int] | None:
-    """The (square) image size the position embedding was trained for."""
+def image_size(params: dict, config: dict) -> tuple[int, int] | None:
+    """The image size the position embedding was trained for (None when its grid is not square)."""
     pe = params["Transformer"].get("posembed_input", {}).get("pos_embedding")
     if pe is None:
         return None

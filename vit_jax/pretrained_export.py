@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from vit_jax import models_resnet
 from vit_jax import pretrained_layouts as layouts
 from vit_jax.utils import to_pair
 
@@ -63,22 +62,19 @@ def _save(state: dict[str, np.ndarray], directory: str, config: dict) -> str:
 
 
 def _shape_facts(params: dict, config: dict) -> dict[str, Any]:
-    kernel = np.shape(params["embedding"]["kernel"])
-    t = params["Transformer"]
-    tokens = np.shape(t["posembed_input"]["pos_embedding"])[1] - int("cls" in params)
-    g = int(round(np.sqrt(tokens)))
-    if g * g != tokens:
+    from vit_jax.pretrained import image_size
+
+    image = image_size(params, config)
+    if image is None or image[0] != image[1]:
         raise _error(
-            f"The position embedding's {tokens} tokens are not a square grid; timm's and transformers' ViTs "
-            "take square images: export this model as 'npz'."
+            "The position embedding is not for a square image; timm's and transformers' ViTs take square "
+            "images: export this model as 'npz'."
         )
-    stride = 1
-    if config.get("resnet") is not None:
-        stride = 2 ** models_resnet.num_downsamplings(config["resnet"]["num_layers"])
+    first = params["conv_root"] if config.get("resnet") is not None else params["embedding"]
     return {
         "patch": to_pair(config["patches"]["size"]),
-        "in_chans": int(kernel[2]) if config.get("resnet") is None else int(np.shape(params["conv_root"]["kernel"])[2]),
-        "image": g * to_pair(config["patches"]["size"])[0] * stride if g * g == tokens else None,
+        "in_chans": int(np.shape(first["kernel"])[2]),
+        "image": image[0],
         "num_classes": int(np.shape(params["head"]["kernel"])[-1]) if "head" in params else 0,
     }
 
@@ -116,7 +112,7 @@ def timm_architecture(params: dict, config: dict) -> tuple[str, dict[str, Any]]:
         if _same_shapes(architecture(name), config):
             return name, args
     args.update(
-        img_size=facts["image"] or 224,
+        img_size=facts["image"],
         patch_size=ph if ph == pw else (ph, pw),
         embed_dim=config["hidden_size"],
         depth=t["num_layers"],
@@ -171,7 +167,7 @@ def write_timm(params: dict, config: dict, directory: str, class_names: list[str
         "num_features": config["hidden_size"],
         "global_pool": "avg" if gap else "token",
         "pretrained_cfg": {
-            "input_size": [facts["in_chans"], facts["image"] or 224, facts["image"] or 224],
+            "input_size": [facts["in_chans"], facts["image"], facts["image"]],
             "mean": [0.5] * facts["in_chans"],  # the original's input range: [-1, 1]
             "std": [0.5] * facts["in_chans"],
             "fixed_input_size": True,
@@ -220,7 +216,7 @@ def write_hf(params: dict, config: dict, directory: str, class_names: list[str] 
         "attention_probs_dropout_prob": 0.0,
         "initializer_range": 0.02,
         "layer_norm_eps": float(config.get("layernorm_epsilon", 1e-6)),
-        "image_size": facts["image"] or 224,
+        "image_size": facts["image"],
         "patch_size": ph if ph == pw else [ph, pw],
         "num_channels": facts["in_chans"],
         "qkv_bias": True,
