@@ -18,18 +18,18 @@ The experiments override the field they study (classifier, lr.base, model.posemb
 train_examples, model.resnet) and the seed; everything else stays as here.
 """
 
-from vit_jax.configs import common
+from vit_jax.configs import defaults
 
 
 def get_config(arg: str = "fashion_mnist"):
-    c = common.get_config()
+    c = defaults.get_config()
     if arg == "fashion_mnist":
         c.dataset = "fashion_mnist"
         c.pp.crop = 28
         c.pp.area_min = 1.0
         c.pp.flip = True
         c.pp.channels = 1
-        common.small_vit(c, hidden=64, mlp=128, heads=4, layers=4, patch=4)
+        defaults.small_vit(c, hidden=64, mlp=128, heads=4, layers=4, patch=4)
         c.batch = 128
         c.accum_steps = 8
         c.total_steps = 1500
@@ -41,7 +41,7 @@ def get_config(arg: str = "fashion_mnist"):
         c.pp.area_min = 0.85
         c.pp.flip = False
         c.pp.channels = 1
-        common.small_vit(c, hidden=64, mlp=128, heads=4, layers=4, patch=2)
+        defaults.small_vit(c, hidden=64, mlp=128, heads=4, layers=4, patch=2)
         c.batch = 128
         c.total_steps = 300
         c.lr.warmup_steps = 30

@@ -11,17 +11,17 @@ accuracy (10,000 examples) after 9 min 2 s of wall-clock time, start-up and
 evaluations included (about 1,200 images/s).
 """
 
-from vit_jax.configs import common
+from vit_jax.configs import defaults
 
 
 def get_config():
-    c = common.get_config()
+    c = defaults.get_config()
     c.dataset = "mnist"
     c.pp.crop = 28
     c.pp.area_min = 0.9
     c.pp.flip = False  # digits are not mirror-symmetric
     c.pp.channels = 1
-    common.small_vit(c, hidden=64, mlp=128, heads=4, layers=4, patch=4)
+    defaults.small_vit(c, hidden=64, mlp=128, heads=4, layers=4, patch=4)
     c.lr.base = 2e-3
     c.batch = 128
     c.total_steps = 5000

@@ -12,7 +12,7 @@ ImageNet (imagenet2012): base lr 3e-3, weight decay 0.3, 300 epochs.
 Sized for TPU pods; on one CPU this is days per epoch.
 """
 
-from vit_jax.configs import common
+from vit_jax.configs import defaults
 from vit_jax.configs import models as model_configs
 
 RECIPES = {
@@ -27,7 +27,7 @@ def get_config(arg: str = "imagenet21k,b16"):
     if recipe not in RECIPES:
         raise ValueError(f"Unknown pre-training recipe {recipe!r}; choose one of {', '.join(RECIPES)}.")
     r = RECIPES[recipe]
-    c = common.get_config()
+    c = defaults.get_config()
     c.model_name = model_configs.resolve_name(model or "b16")
     hidden = model_configs.MODEL_CONFIGS[c.model_name].hidden_size
     c.model.representation_size = hidden

@@ -11,7 +11,7 @@ SGD with momentum, warm-up then cosine decay, clipping at 1, pretrained from
 DIR/<model>.npz; steps and crop per dataset as the original chose them.
 """
 
-from vit_jax.configs import common
+from vit_jax.configs import defaults
 from vit_jax.configs import models as model_configs
 
 # dataset: (total_steps, crop, native size for the host decode)
@@ -26,7 +26,7 @@ DATASETS = {
 
 def get_config(arg: str = "b16,cifar10"):
     model, _, dataset = arg.partition(",")
-    c = common.get_config()
+    c = defaults.get_config()
     c.model_name = model_configs.resolve_name(model)
     c.pretrained_dir = "."
     c.dataset = dataset or "cifar10"

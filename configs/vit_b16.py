@@ -12,11 +12,11 @@ CIFAR-10 for this recipe (TPU); on the 2-core CPU a step takes minutes, so this
 config is for accelerator machines.
 """
 
-from vit_jax.configs import common
+from vit_jax.configs import defaults
 
 
 def get_config():
-    c = common.get_config()
+    c = defaults.get_config()
     c.model_name = "ViT-B_16"
     c.pretrained_path = "hf-hub:timm/vit_base_patch16_224.orig_in21k"
     c.dataset = "cifar10"

@@ -67,9 +67,9 @@ def images():
 
 def tiny_run_config(**overrides) -> ml_collections.ConfigDict:
     """Digits, a 1-block ViT of width 16: a few seconds per run. Overrides are dotted field names."""
-    from vit_jax.configs import common
+    from vit_jax.configs import defaults
 
-    c = common.get_config()
+    c = defaults.get_config()
     c.dataset = "digits"
     c.pp.crop = 8
     c.pp.area_min = 0.8

@@ -9,12 +9,12 @@ import pytest
 from conftest import ROOT
 
 from vit_jax import benchmark
-from vit_jax.configs import common
+from vit_jax.configs import defaults
 
 
 def bench_config(**model):
     """Width 64 on 8x8 digits with 2x2 patches: matrix products dominate the arithmetic."""
-    c = common.get_config()
+    c = defaults.get_config()
     c.dataset = "digits"
     c.pp.crop = 8
     c.pp.flip = False

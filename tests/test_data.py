@@ -13,7 +13,7 @@ from conftest import shared
 from PIL import Image
 
 from vit_jax import input_pipeline, preprocess
-from vit_jax.configs import common
+from vit_jax.configs import defaults
 from vit_jax.input_pipeline import DataError
 
 
@@ -26,7 +26,7 @@ def write_idx(directory, split, images, labels):
 
 
 def config_for(dataset, crop=8):
-    c = common.get_config()
+    c = defaults.get_config()
     c.dataset = str(dataset)
     c.pp.crop = crop
     return c
@@ -58,8 +58,12 @@ def test_idx_directory_ungzipped_missing_files_and_fixed_splits(tmp_path):
     with pytest.raises(DataError, match=r"lacks t10k-images-idx3-ubyte.gz \(or t10k-images-idx3-ubyte\); it needs all"):
         input_pipeline.get_source(config_for(tmp_path), "test")
     c = config_for(tmp_path)
-    c.train_split = "train[:50%]"
-    with pytest.raises(DataError, match=r"config.train_split='train\[:50%\]': the IDX directory .* has fixed train"):
+    c.train_split = "train[:50%]"  # a slice of a fixed split works, as for TFDS
+    np.testing.assert_array_equal(
+        input_pipeline.get_source(c, "train").images[..., 0], images[: round(len(images) / 2)]
+    )
+    c.train_split = "train+t10k"
+    with pytest.raises(DataError, match=r"config.train_split='train\+t10k': the IDX directory .* has fixed train"):
         input_pipeline.get_source(c, "train")
     c = config_for("digits")
     c.test_split = "bogus"

@@ -18,7 +18,7 @@ from conftest import ROOT
 from experiments import sweep as sw
 from vit_jax import config as config_lib
 from vit_jax import input_pipeline
-from vit_jax.configs import common
+from vit_jax.configs import defaults
 
 # ----------------------------------------------------------------------------- pieces
 
@@ -40,7 +40,7 @@ def test_balanced_subset_by_hand():
 
 
 def test_train_examples_cuts_only_the_training_split():
-    c = common.get_config()
+    c = defaults.get_config()
     c.dataset = "digits"
     c.train_examples = 100
     train_src = input_pipeline.get_source(c, "train")
@@ -53,8 +53,8 @@ def test_train_examples_cuts_only_the_training_split():
 
 
 def test_hybrid_fields_in_the_config():
-    c = common.get_config()
-    common.small_vit(c, hidden=32, mlp=64, heads=4, layers=2, patch=2)
+    c = defaults.get_config()
+    defaults.small_vit(c, hidden=32, mlp=64, heads=4, layers=2, patch=2)
     assert "resnet" not in config_lib.model_kwargs(c)  # unset: a pure ViT, as before
     c.model.resnet.num_layers = ()
     c.model.patches.size = (1, 1)

@@ -9,7 +9,7 @@ from conftest import hybrid_config, perturb, rel_err, tiny_config
 from reference_numpy import vit_forward
 
 from vit_jax import checkpoint, models, models_posemb, models_vit
-from vit_jax.configs.models import MODEL_CONFIGS, SHORT_NAMES, get_config
+from vit_jax.configs.models import AUGREG_CONFIGS, MODEL_CONFIGS, SHORT_NAMES, get_config
 
 # Parameter counts of the original release at 224 px with 1000 classes.
 MODEL_SIZES = {
@@ -32,6 +32,7 @@ MODEL_SIZES = {
     "ViT-S_32-gap-norep": 22_878_184,
     "ViT-Ti_16": 5_717_416,
     "testing": 21_390,
+    "testing-unpooled": 21_370,
 }
 
 
@@ -45,8 +46,9 @@ def count_params(model, shape=(2, 224, 224, 3)):
 
 
 def test_every_registered_model_is_in_the_table():
-    originals = {n for n in MODEL_CONFIGS if n not in SHORT_NAMES}
-    assert originals == set(MODEL_SIZES)
+    # Exactly the original's names: its own test requires every entry to be in its table.
+    assert set(MODEL_CONFIGS) == set(MODEL_SIZES)
+    assert list(MODEL_CONFIGS)[:3] == ["testing", "testing-unpooled", "ViT-Ti_16"]
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_SIZES))
@@ -55,9 +57,27 @@ def test_parameter_count(name):
     assert count_params(model) == MODEL_SIZES[name]
 
 
+def test_unpooled_testing_model_gives_a_logit_per_patch():
+    model = models.get_model("testing-unpooled", num_classes=1000)
+    variables = model.init(jax.random.PRNGKey(0), jnp.ones((2, 224, 224, 3)), train=False)
+    assert model.apply(variables, jnp.ones((2, 224, 224, 3)), train=False).shape == (2, 196, 1000)
+    assert "cls" not in variables["params"]
+
+
+def test_augreg_names_follow_the_checkpoint_file_names():
+    # The models AugReg published, named as in its file names (no 'ViT-', '_' for '+').
+    expected = {"Ti_16", "S_16", "B_16", "L_16", "B_8", "S_32", "B_32", "R_Ti_16", "R26_B_32", "R26_S_32", "R50_L_32"}
+    assert expected <= set(AUGREG_CONFIGS)
+    assert not {"L_32", "H_14", "R50_B_16", "testing"} & set(AUGREG_CONFIGS)
+    assert AUGREG_CONFIGS["R26_S_32"] is MODEL_CONFIGS["R26+ViT-S_32"]
+    assert AUGREG_CONFIGS["B_16-gap-norep"] is MODEL_CONFIGS["ViT-B_16-gap-norep"]
+
+
 def test_short_names_resolve():
+    # Aliases resolve through the lookup; the registry itself holds only the original names.
     for short, name in SHORT_NAMES.items():
-        assert MODEL_CONFIGS[short] is MODEL_CONFIGS[name]
+        assert short not in MODEL_CONFIGS
+        assert get_config(short).to_dict() == MODEL_CONFIGS[name].to_dict()
     assert {"Ti/16", "S/16", "B/16", "L/16", "H/14", "B/8", "S/32", "B/32", "L/32", "R50+B/16"} <= set(SHORT_NAMES)
     assert get_config("B/16").model_name == "ViT-B_16"
     assert get_config("R50+B/16").model_name == "R50+ViT-B_16"

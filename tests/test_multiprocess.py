@@ -165,11 +165,11 @@ import json
 import jax
 from vit_jax import benchmark, parallel, train
 from vit_jax import config as config_lib
-from vit_jax.configs import common
+from vit_jax.configs import defaults
 
 def step_bytes(sharding, batch):
-    c = common.get_config()
-    common.small_vit(c, hidden=64, mlp=256, heads=4, layers=2, patch=4)
+    c = defaults.get_config()
+    defaults.small_vit(c, hidden=64, mlp=256, heads=4, layers=2, patch=4)
     c.pp.crop, c.pp.channels, c.batch, c.model.scan, c.optim.name = 32, 3, batch, True, "adam"
     if sharding == "fsdp":
         c.mesh, c.sharding, c.fsdp_min_size = (("fsdp", -1),), "fsdp", 1000
@@ -290,10 +290,10 @@ def test_fsdp_spec_by_hand():
 
 def test_config_errors_name_the_mesh_and_the_batch():
     from vit_jax import config as config_lib
-    from vit_jax.configs import common
+    from vit_jax.configs import defaults
 
-    c = common.get_config()
-    common.small_vit(c, hidden=32, mlp=64, heads=4, layers=2, patch=2)
+    c = defaults.get_config()
+    defaults.small_vit(c, hidden=32, mlp=64, heads=4, layers=2, patch=2)
     c.pp.crop, c.batch = 8, 24
     c.mesh = (("data", 2), ("fsdp", -1))
     with pytest.raises(config_lib.ConfigError, match=r"batch=24 is not divisible by the device count \(8\) times"):

@@ -10,7 +10,7 @@ from etils import epath
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from vit_jax import input_pipeline, train  # noqa: E402
-from vit_jax.configs import common  # noqa: E402
+from vit_jax.configs import defaults  # noqa: E402
 
 
 class TinyStripes(tfds.core.GeneratorBasedBuilder):
@@ -49,7 +49,7 @@ def data_dir(tmp_path_factory):
 
 
 def tfds_config(data_dir):
-    c = common.get_config()
+    c = defaults.get_config()
     c.dataset = "tiny_stripes"
     c.tfds_data_dir = data_dir
     c.pp.crop = 8

@@ -288,7 +288,7 @@ def test_a_config_error_reads_as_one_sentence_with_the_fix():
 
 
 def test_checks_run_once_and_defaults_are_filled_in(monkeypatch):
-    """A config missing fields gets the defaults (one copy, configs/common.py); resolve checks it once."""
+    """A config missing fields gets the defaults (one copy, configs/defaults.py); resolve checks it once."""
     partial = tiny_run_config().to_dict()
     del partial["pp"]["flip"], partial["keep_checkpoints"], partial["optim"]
     calls = []
@@ -317,7 +317,7 @@ def test_default_workdir():
 @pytest.mark.parametrize(
     "flag,words",
     [
-        ("--config.lr.bse=0.1", ["'bse'", "did you mean 'base'", "check the spelling"]),
+        ("--config.lr.bse=0.1", ["--config.lr.bse is not a field", "did you mean config.lr.base?", "fix the flag"]),
         ("--config.batch=abc", ["--config.batch=abc", "invalid literal for int()"]),
     ],
 )

@@ -8,7 +8,7 @@
 With --config, the step is the one `vit_jax.main` compiles for that config
 (`train.build`): the same model, optimizer, micro-batching, mesh and shardings.
 With --model, a registered model is benchmarked with the default training setup
-(`vit_jax/configs/common.py`: SGD with momentum, clipping, no accumulation) on
+(`vit_jax/configs/defaults.py`: SGD with momentum, clipping, no accumulation) on
 `--image_size` inputs. Batches are synthetic; `--mode input` instead times the
 config's real input pipeline alone (host reading plus transfer), to compare with
 the step's demand.
@@ -137,10 +137,10 @@ def host_peak_bytes() -> int:
 
 def model_config(name: str, image_size: int, batch: int):
     """The default training setup around a registered model, on synthetic RGB inputs."""
-    from vit_jax.configs import common
+    from vit_jax.configs import defaults
     from vit_jax.configs import models as model_configs
 
-    c = common.get_config()
+    c = defaults.get_config()
     c.model_name = model_configs.resolve_name(name)
     c.pp.crop = image_size
     c.pp.channels = 3

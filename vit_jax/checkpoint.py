@@ -427,3 +427,129 @@ def _check_keys(restored: dict, init: dict, path: str, allow_missing: bool, allo
         raise CheckpointError(
             f"{path} does not fit the model (a checkpoint for another architecture?): " + "; ".join(mismatched)
         )
+
+
+# ----------------------------------------------------------------------------- the original's helpers
+
+
+def _flatten_keeping_empty(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Like `flatten`, but an empty sub-dict (a layer without parameters) stays as a '{}' leaf."""
+    flat = {}
+    for k, v in tree.items():
+        path = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            flat.update(_flatten_keeping_empty(v, path))
+        else:
+            flat[path] = {} if isinstance(v, Mapping) else v
+    return flat
+
+
+def inspect_params(*, params, expected, fail_if_extra=True, fail_if_missing=True):
+    """Compares the parameter names of `params` with those of `expected` (values are not looked at).
+
+    Empty sub-dicts count as names: Flax drops parameter-less layers (such as an identity
+    `pre_logits`) when it serialises, so one that `expected` has and `params` lacks is put
+    back into `params` as {} (in place, as the original did) rather than reported. Other
+    missing or extra names are logged, and raise a CheckpointError (a ValueError) listing
+    them when `fail_if_missing` / `fail_if_extra`. Returns `params`.
+    """
+    params_flat = _flatten_keeping_empty(params)
+    expected_flat = _flatten_keeping_empty(expected)
+    missing = expected_flat.keys() - params_flat.keys()
+    extra = params_flat.keys() - expected_flat.keys()
+    empty = {k for k in missing if isinstance(expected_flat[k], Mapping)}
+    missing -= empty
+    if empty:
+        if not isinstance(params, dict):  # a FrozenDict: recover into a mutable copy
+            params = dict(params)
+        for k in sorted(empty):
+            node = params
+            *parents, leaf = k.split("/")
+            for p in parents:
+                child = node.get(p)
+                if not isinstance(child, dict):
+                    child = dict(child) if isinstance(child, Mapping) else {}
+                    node[p] = child
+                node = child
+            node[leaf] = {}
+        log.warning("inspect_params: put back parameter-less layers: %s", sorted(empty))
+    if missing:
+        log.info("inspect_params: missing from params: %s", sorted(missing))
+    if extra:
+        log.info("inspect_params: extra in params: %s", sorted(extra))
+    if (missing and fail_if_missing) or (extra and fail_if_extra):
+        raise CheckpointError(
+            f"The parameters do not match the expected tree: missing {sorted(missing)}, extra {sorted(extra)} "
+            f"(given {len(params_flat)} names, expected {len(expected_flat)})."
+        )
+    return params
+
+
+def recover_tree(keys, values) -> dict:
+    """The nested dict whose '/'-joined leaf names are `keys` and leaves `values` (e.g. an .npz's
+    names and arrays), to look into a checkpoint without the code that wrote it."""
+    return unflatten(dict(zip(keys, values, strict=True)))
+
+
+def _file_size(path: str) -> int:
+    if "://" in path:
+        from tensorflow.io import gfile
+
+        return int(gfile.stat(path).length)
+    return os.path.getsize(path)
+
+
+def copy(src, dst, progress=True, block_size=1024 * 1024 * 10) -> None:
+    """Copies the file `src` to `dst` in blocks of `block_size` bytes; either may be a local path or
+    one tf.io.gfile opens (gs://...). With `progress`, shows a progress bar when tqdm is
+    installed, and logs the size copied either way. A local destination's directory is created.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    size = _file_size(src)
+    if "://" not in dst:
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    bar = None
+    if progress:
+        try:
+            import tqdm
+
+            bar = tqdm.tqdm(total=size, unit="B", unit_scale=True, desc=os.path.basename(src))
+        except ImportError:
+            pass
+    try:
+        with _open(src, "rb") as fin, _open(dst, "wb") as fout:
+            while block := fin.read(block_size):
+                fout.write(block)
+                if bar is not None:
+                    bar.update(len(block))
+    finally:
+        if bar is not None:
+            bar.close()
+    if progress:
+        log.info("Copied %s (%.1f MB) to %s.", src, size / 1e6, dst)
+
+
+def get_augreg_df(directory="gs://vit_models/augreg"):
+    """The index of the AugReg checkpoints ("How to train your ViT?", Steiner et al. 2021) as a
+    pandas DataFrame: DIRECTORY/index.csv, read through tf.io.gfile for remote directories.
+
+    One row per fine-tuning run: the upstream model (`name`, e.g. 'B/16'), its pre-training
+    (`ds`, `lr`, `aug`, `wd`, `do`, `sd`, accuracies `best_val`, `final_val`, `final_test`),
+    the fine-tuning (`adapt_ds`, `adapt_lr`, `adapt_steps`, `adapt_resolution`,
+    `adapt_final_val`, `adapt_final_test`), `params`, `infer_samples_per_sec`, and the two
+    checkpoints, DIRECTORY/{filename}.npz and DIRECTORY/{adapt_filename}.npz. Select with
+    pandas, e.g. `df.query('ds=="i21k"').sort_values('final_val')`.
+    """
+    import pandas as pd
+
+    path = f"{os.fspath(directory).rstrip('/')}/index.csv"
+    if "://" not in path and not os.path.isfile(path):
+        raise CheckpointError(f"No AugReg index at {path}; the published one is gs://vit_models/augreg/index.csv.")
+    try:
+        with _open(path, "r") as f:
+            return pd.read_csv(f)
+    except Exception as e:
+        if "://" not in path:
+            raise
+        # no network, no permission, no such object
+        raise CheckpointError(f"Cannot read {path} ({errors.error_line(e)}).") from None

@@ -1,7 +1,7 @@
 """The run config: reading it, its defaults, its checks, and the model it describes.
 
 A run config is an ml_collections ConfigDict made by a file's `get_config()` on top of
-the defaults in `vit_jax/configs/common.py` (their one copy). Before a run reads it,
+the defaults in `vit_jax/configs/defaults.py` (their one copy). Before a run reads it,
 `resolve` fills in any default the config lacks and checks every field once, so the rest
 of the package reads `config.x` directly. A mistake ends in one `ConfigError` line that
 names the field and the fix. Rules about the model's own fields (sizes, heads, options)
@@ -9,6 +9,7 @@ belong to the model (`models_vit.check_fields`, used on its own too); this modul
 what only training needs and names fields as `config.model.*`.
 """
 
+import difflib
 import importlib.util
 import inspect
 import json
@@ -21,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vit_jax import errors, models_vit, parallel
-from vit_jax.configs import common
+from vit_jax import config_original, errors, models_vit, parallel
+from vit_jax.configs import defaults
 from vit_jax.configs import models as model_configs
 
 log = logging.getLogger("vit_jax")
@@ -73,7 +74,7 @@ def load_file(config_arg: str) -> ml_collections.ConfigDict:
 
 
 def complete(config) -> ml_collections.ConfigDict:
-    """`config` with every default it lacks filled in from `configs/common.py`.
+    """`config` with every default it lacks filled in from `configs/defaults.py`.
 
     Fields the config sets (and fields the defaults do not know) are kept as they are, in
     their order. A config that lacks nothing is returned as it is; otherwise a copy.
@@ -90,7 +91,7 @@ def complete(config) -> ml_collections.ConfigDict:
                 out += missing(values[key], default, (*prefix, key))
         return out
 
-    lacking = missing(config, common.get_config())
+    lacking = missing(config, defaults.get_config())
     if not lacking:
         return config
     config = config.copy_and_resolve_references()
@@ -110,10 +111,21 @@ def read(path: str) -> ml_collections.ConfigDict:
 
 
 def resolve(config, num_devices: int | None = None) -> ml_collections.ConfigDict:
-    """What a run reads: the config completed with its defaults and, when it starts from timm's or
-    transformers' weights, with the model fields it leaves unset taken from them; then checked (once)."""
-    config = with_pretrained_model(complete(config))
+    """What a run reads: an original-release config translated into our fields, completed with
+    its defaults and, when it starts from timm's or transformers' weights, with the model fields
+    it leaves unset taken from them; then checked (once)."""
+    config = with_pretrained_model(complete(from_original(config)))
     validate(config, num_devices)
+    return config
+
+
+def from_original(config):
+    """`config` in our fields: a config of the original release is translated (and the run's log
+    says which of its fields became which of ours); any other is returned as it is."""
+    if not config_original.is_original(config):
+        return config
+    config, notes = config_original.translate(config)
+    log.info("Config of the original release; translated: %s.", "; ".join(notes))
     return config
 
 
@@ -284,6 +296,7 @@ def validate(config, num_devices: int | None = None) -> None:
     ConfigError naming the field and what to use instead.
     """
     num_devices = num_devices or jax.device_count()
+    check_known_fields(config)
     if config.model.dtype not in DTYPES:
         raise ConfigError(f"config.model.dtype={config.model.dtype!r}: {_USE_A_DTYPE}.")
     kw = model_kwargs(config)
@@ -327,6 +340,52 @@ def validate(config, num_devices: int | None = None) -> None:
             config.lr.warmup_steps,
             config.total_steps,
         )
+
+
+def known_fields() -> list[str]:
+    """Every field of the run config, dotted ('lr.base', 'model.transformer.num_heads')."""
+    return list(flat_fields(defaults.get_config().to_dict(), "."))
+
+
+def flat_fields(tree, sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """{'a.b.c': leaf} of a nested dict (an empty dict is a leaf)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{sep}{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            out.update(flat_fields(value, sep, name))
+        else:
+            out[name] = value
+    return out
+
+
+def unknown_field_message(field: str) -> str:
+    """'config.FIELD is not a field of the run config' with the nearest known name."""
+    known = known_fields()
+    original = {k: v for k, v in config_original.RENAMED.items()}
+    original.update({"pp.train": "train_split", "pp.test": "test_split"})
+    if field in original:
+        hint = f"the original release's name for {original[field]}; use config.{original[field]}"
+    else:
+        close = difflib.get_close_matches(field, known + list(original), n=1, cutoff=0.6)
+        if not close:  # a misspelt last part: compare within the same parent
+            parent, _, leaf = field.rpartition(".")
+            siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
+            close = [f"{parent}.{c}" if parent else c for c in difflib.get_close_matches(leaf, siblings, n=1)]
+        name = close[0] if close else None
+        if name in original:
+            name = original[name]
+        hint = f"did you mean config.{name}?" if name else "see vit_jax/configs/defaults.py for the fields"
+    return f"config.{field} is not a field of the run config ({hint})."
+
+
+def check_known_fields(config) -> None:
+    """Every field set in `config` is one the run reads, wherever it was set (file, flag or Python)."""
+    known = set(known_fields())
+    prefixes = {k.rpartition(".")[0] for k in known}
+    for field in flat_fields(config.to_dict(), "."):
+        if field not in known and field not in prefixes:
+            raise ConfigError(unknown_field_message(field))
 
 
 def _check_batches(config, num_devices: int) -> None:

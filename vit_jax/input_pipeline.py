@@ -12,6 +12,11 @@ on the device inside the jitted step (`vit_jax.preprocess`).
 - a directory holding MNIST-family IDX files (`train-images-idx3-ubyte.gz`, ...);
 - a directory in image-folder layout: `DIR/{train,test}/<class>/*.jpg|png`;
 - any other string: a TFDS name, read from `config.tfds_data_dir`.
+
+`config.train_split` / `config.test_split` take any TFDS split expression ('train[:98%]',
+'train+validation', ...) for TFDS datasets, and NAME or NAME[a:b] for the sources held in
+memory (a slice of the split, rounded as TFDS rounds). The end of the module keeps the
+original release's functions (`get_datasets`, `get_data`, ...) for code written for it.
 """
 
 import dataclasses
@@ -19,6 +24,7 @@ import gzip
 import logging
 import math
 import os
+import re
 import struct
 from collections.abc import Iterator
 
@@ -73,6 +79,15 @@ class ArraySource:
                 f"classes: fix the label file so every label is a class id from 0 to {self.num_classes - 1}."
             )
 
+    def take(self, idx, field: str, value: str) -> "ArraySource":
+        """The examples at `idx` (a split slice); selecting none is the user's mistake, said in one line."""
+        if not len(idx):
+            raise DataError(f"{field}={value!r} selects no examples of {self.name} (that split has {len(self)}).")
+        if len(idx) == len(self):
+            return self
+        idx = np.asarray(idx)
+        return dataclasses.replace(self, images=self.images[idx], labels=self.labels[idx])
+
     def subset(self, n: int, seed: int) -> "ArraySource":
         """`n` examples with balanced classes (`balanced_subset`), for data-size ablations."""
         if not 0 < n <= len(self):
@@ -107,6 +122,40 @@ class ArraySource:
             valid = idx < n
             idx = np.where(valid, idx, 0)
             yield {"image": self.images[idx], "label": self.labels[idx], "mask": valid.astype(np.float32)}
+
+
+# ----------------------------------------------------------------------------- split slices
+
+_SLICE_RE = re.compile(r"([\w-]+)(?:\[(-?\d+(?:\.\d+)?)?(%?):(-?\d+(?:\.\d+)?)?(%?)\])?")
+_ONLY_SLICES = (
+    "only NAME or NAME[a:b] work there (a, b integers or percentages, e.g. 'train[:90%]'); full split "
+    "expressions such as 'train+test' work for TFDS datasets"
+)
+
+
+def split_slice(value: str, field: str, what: str = "this dataset"):
+    """NAME or NAME[a:b] -> (NAME, select); `select(n)` is the range of a split of n examples
+    that the slice takes. As in TFDS: a percent bound is rounded to the closest example (ties to
+    even, Python's `round`), a bound may be negative, and one beyond the split is an error."""
+    m = _SLICE_RE.fullmatch(value) if isinstance(value, str) else None
+    percent = bool(m and (m[3] or m[5]))
+    bounds = (m[2], m[4]) if m else ()
+    if not m or ("[" in value and not any(bounds)) or (not percent and "." in "".join(b or "" for b in bounds)):
+        raise DataError(f"{field}={value!r}: {what} is held in memory, where {_ONLY_SLICES}.")
+
+    def select(n: int) -> range:
+        out = []
+        for b in bounds:
+            x = None if b is None else float(b) if percent else int(b)
+            if x is not None and abs(x) > (100 if percent else n):
+                raise DataError(
+                    f"{field}={value!r}: the bound {b}{'%' if percent else ''} lies outside "
+                    f"'{m[1]}', which has {n} examples."
+                )
+            out.append(int(round(x * n / 100)) if percent and x is not None else x)
+        return range(n)[out[0] : out[1]] if out else range(n)
+
+    return m[1], select
 
 
 # ----------------------------------------------------------------------------- sources
@@ -229,15 +278,12 @@ def _check_fits_in_memory(split_dir: str, count: int, size: tuple[int, int] | No
         )
 
 
-def load_image_folder(directory: str, split: str, size: tuple[int, int]) -> ArraySource:
-    """DIR/{train,test}/<class>/*.jpg|png; class ids from the sorted train class names."""
-    train_dir, split_dir = os.path.join(directory, "train"), os.path.join(directory, split)
-    for d in (train_dir, split_dir):
-        if not os.path.isdir(d):
-            raise DataError(
-                f"Image folder {directory} has no '{os.path.basename(d)}' split; "
-                f"expected {directory}/{{train,test}}/<class>/*.jpg|png."
-            )
+def _folder_classes(split_dir: str) -> list[str]:
+    """Class names of a split folder: those of its sibling train/ when there is one (class ids
+    must mean the same in every split), else its own."""
+    train_dir = os.path.join(os.path.dirname(os.path.normpath(split_dir)), "train")
+    if not os.path.isdir(train_dir):
+        train_dir = split_dir
     classes = _class_dirs(train_dir)
     if not classes:
         raise DataError(f"{train_dir} has no class folders; expected {train_dir}/<class>/*.jpg|png.")
@@ -247,20 +293,49 @@ def load_image_folder(directory: str, split: str, size: tuple[int, int]) -> Arra
             f"{split_dir} has classes that train lacks: {', '.join(unknown)}; add them to {train_dir} "
             f"or remove them from {split_dir}."
         )
+    return classes
+
+
+def _folder_files(split_dir: str, classes: list[str], strict: bool) -> tuple[list[str], list[int]]:
+    """Image paths of a split folder, class by class, sorted by name within each, and their labels."""
     paths, labels = [], []
     for label, cls in enumerate(classes):
         cls_dir = os.path.join(split_dir, cls)
         if not os.path.isdir(cls_dir):
             continue
         files = sorted(f for f in os.listdir(cls_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not files and split == "train":
+        if not files and strict:
             raise DataError(
                 f"Class folder {cls_dir} has no images (.jpg, .png, ...); add its images or remove the folder."
             )
         paths += [os.path.join(cls_dir, f) for f in files]
         labels += [label] * len(files)
+    return paths, labels
+
+
+def load_image_folder(directory: str, split: str, size: tuple[int, int], field: str = "split") -> ArraySource:
+    """DIR/{train,test}/<class>/*.jpg|png; class ids from the sorted train class names.
+
+    `split` is NAME or NAME[a:b] (`split_slice`): the slice applies to the split's file list
+    (class by class, sorted names), before anything is decoded.
+    """
+    name, select = split_slice(split, field, f"the image folder {directory}")
+    train_dir, split_dir = os.path.join(directory, "train"), os.path.join(directory, name)
+    for d in (train_dir, split_dir):
+        if not os.path.isdir(d):
+            have = ", ".join(_class_dirs(directory)) or "none"
+            raise DataError(
+                f"{field}={split!r}: image folder {directory} has no '{os.path.basename(d)}' split (it has: {have}); "
+                f"expected {directory}/{{train,test}}/<class>/*.jpg|png."
+            )
+    classes = _folder_classes(split_dir)
+    paths, labels = _folder_files(split_dir, classes, strict=name == "train")
     if not paths:
         raise DataError(f"{split_dir} holds no images.")
+    idx = select(len(paths))
+    if not len(idx):
+        raise DataError(f"{field}={split!r} selects no examples of the {len(paths)} in {split_dir}.")
+    paths, labels = paths[idx.start : idx.stop], labels[idx.start : idx.stop]
     _check_fits_in_memory(split_dir, len(paths), size)
     images = np.stack([decode_image(p, size) for p in paths])
     return ArraySource(images, np.asarray(labels, np.int32), len(classes), classes, os.path.basename(directory))
@@ -269,63 +344,106 @@ def load_image_folder(directory: str, split: str, size: tuple[int, int]) -> Arra
 # ----------------------------------------------------------------------------- TFDS
 
 
+def _tf():
+    """TensorFlow for tf.data only: hidden from the GPUs, which belong to JAX."""
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    return tf
+
+
+def _tf_resize_uint8(im, size: tuple[int, int]):
+    """A decoded image resized (antialiased) to `size` and rounded back to uint8, on the host."""
+    tf = _tf()
+    im = tf.image.resize(im, size, antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(im), 0, 255), tf.uint8)
+
+
 def _tfds_builder(config):
+    """The prepared builder of `config.dataset`; downloads only where `config.tfds_download` allows
+    (fields read with `.get`, so the original release's configs, which lack it, never download)."""
     import tensorflow_datasets as tfds
 
-    data_dir = config.tfds_data_dir
+    name = config["dataset"]
     try:
-        builder = tfds.builder(config.dataset, data_dir=data_dir)
+        builder = tfds.builder(name, data_dir=config.get("tfds_data_dir"))
     except Exception as e:  # DatasetNotFoundError and friends
         raise DataError(_tfds_missing(config, errors.error_line(e))) from None
     if not builder.is_prepared():
-        if not config.tfds_download:
+        if not config.get("tfds_download"):
             raise DataError(_tfds_missing(config, "it is not prepared there"))
-        dl_config = tfds.download.DownloadConfig(manual_dir=config.tfds_manual_dir)
+        dl_config = tfds.download.DownloadConfig(manual_dir=config.get("tfds_manual_dir"))
         try:
             builder.download_and_prepare(download_config=dl_config)
         except Exception as e:  # no network, a refused URL, a missing manual download
             raise DataError(
-                f"Downloading TFDS dataset {config.dataset!r} failed ({errors.error_line(e)}). "
+                f"Downloading TFDS dataset {name!r} failed ({errors.error_line(e)}). "
                 f"Check the network, or prepare it on a machine with network access (`tfds build "
-                f"{config.dataset} --data_dir DIR`) and set --config.tfds_data_dir=DIR."
+                f"{name} --data_dir DIR`) and set --config.tfds_data_dir=DIR."
             ) from None
     return builder
 
 
 def _tfds_missing(config, why: str) -> str:
-    data_dir = config.tfds_data_dir or "the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    data_dir = config.get("tfds_data_dir") or "the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)"
     return (
-        f"TFDS dataset {config.dataset!r} was not found in {data_dir} ({why}). Prepare it on a machine with "
-        f"network access (`tfds build {config.dataset} --data_dir DIR`, with --manual_dir for ImageNet) and set "
+        f"TFDS dataset {config['dataset']!r} was not found in {data_dir} ({why}). Prepare it on a machine with "
+        f"network access (`tfds build {config['dataset']} --data_dir DIR`, with --manual_dir for ImageNet) and set "
         "--config.tfds_data_dir=DIR, or set --config.tfds_download=True to let this run download it."
     )
+
+
+def _tfds_examples(builder, split, field: str) -> int:
+    """Examples in `split`, a split name or any TFDS split expression (TFDS counts them from its
+    metadata); an unreadable expression, an unknown split or an empty selection is one line."""
+    splits = builder.info.splits
+    have = ", ".join(f"{k} ({v.num_examples} examples)" for k, v in splits.items())
+    try:
+        n = splits[split].num_examples
+    except Exception as e:  # ValueError, KeyError, NotImplementedError ('all[:5]'), over many lines
+        why = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
+        raise DataError(
+            f"{field}={split!r}: TFDS dataset {builder.name!r} cannot read that split ({why}); its splits are "
+            f"{have}. Use one of them or a TFDS split expression such as 'train[:90%]' or 'train+test'."
+        ) from None
+    if not n:
+        raise DataError(f"{field}={split!r} selects no examples of TFDS dataset {builder.name!r} (its splits: {have}).")
+    return n
 
 
 class TfdsSource:
     """A TFDS split streamed with tf.data; images resized on the host to `size`."""
 
-    def __init__(self, config, split: str, size: tuple[int, int]):
+    def __init__(self, config, split: str, size: tuple[int, int], field: str = "split"):
+        """`split`: any TFDS split expression; `field` names where it was set, for the messages."""
         self.builder = _tfds_builder(config)
         self.config = config
         self.split_name = split
         self.size = size
-        info = self.builder.info
-        label = info.features["label"]
+        label = self.builder.info.features["label"]
         self.num_classes = label.num_classes
         self.class_names = list(label.names)
-        self.name = config.dataset
-        if split not in info.splits:
-            raise DataError(f"TFDS dataset {config.dataset!r} has no split {split!r}; it has {list(info.splits)}.")
-        self.num_examples = info.splits[split].num_examples
+        self.name = config["dataset"]
+        self.num_examples = _tfds_examples(self.builder, split, field)
 
     def __len__(self) -> int:
         return self.num_examples
 
-    def dataset(self, *, process_index: int, process_count: int, shuffle_seed: int | None):
-        import tensorflow as tf
+    def part_sizes(self, process_count: int) -> list[int]:
+        """Examples in each process's part of the split. TFDS splits each piece of an expression
+        evenly, so the parts of 'a[3:-4]+b[:5]' may differ by more than one."""
         import tensorflow_datasets as tfds
 
-        tf.config.set_visible_devices([], "GPU")
+        parts = (
+            tfds.split_for_jax_process(self.split_name, process_index=i, process_count=process_count)
+            for i in range(process_count)
+        )
+        return [self.builder.info.splits[p].num_examples for p in parts]
+
+    def dataset(self, *, process_index: int, process_count: int, shuffle_seed: int | None):
+        import tensorflow_datasets as tfds
+
+        tf = _tf()
         split = tfds.split_for_jax_process(self.split_name, process_index=process_index, process_count=process_count)
         read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, skip_prefetch=True)
         ds = self.builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None, read_config=read_config)
@@ -338,8 +456,7 @@ class TfdsSource:
             im = ex["image"]
             if im.shape[-1] == 1:
                 im = tf.image.grayscale_to_rgb(im)
-            im = tf.cast(tf.image.resize(im[..., :3], (h, w), antialias=True), tf.float32)
-            return {"image": tf.cast(tf.clip_by_value(tf.round(im), 0, 255), tf.uint8), "label": ex["label"]}
+            return {"image": _tf_resize_uint8(im[..., :3], (h, w)), "label": ex["label"]}
 
         return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -360,19 +477,20 @@ class TfdsSource:
         example once."""
         start_row, stop_row = batch_rows(batch, process_index, process_count, rows)
         ds = self.dataset(process_index=process_index, process_count=process_count, shuffle_seed=seed)
-        n_local = math.ceil(len(self) / process_count)
-        ds = ds.shuffle(min(n_local, 10_000), seed=seed, reshuffle_each_iteration=True).repeat()
+        n_local = self.part_sizes(process_count)[process_index]
+        ds = ds.shuffle(min(max(n_local, 1), 10_000), seed=seed, reshuffle_each_iteration=True).repeat()
         ds = ds.batch(stop_row - start_row, drop_remainder=True).skip(start_step).prefetch(2)
         for ex in ds.as_numpy_iterator():
             yield {"image": ex["image"], "label": ex["label"].astype(np.int32)}
 
     def eval_batches(self, *, batch: int, process_index: int = 0, process_count: int = 1, rows=None):
         """This process's part of the split once, in padded batches with a `mask`; every process
-        yields the same number of batches so the collective eval steps line up."""
+        yields the same number of batches (enough for the largest part) so the collective eval
+        steps line up."""
         start_row, stop_row = batch_rows(batch, process_index, process_count, rows)
         local = stop_row - start_row
         ds = self.dataset(process_index=process_index, process_count=process_count, shuffle_seed=None)
-        num_batches = max(math.ceil(math.ceil(len(self) / process_count) / local), 1)
+        num_batches = max(math.ceil(max(self.part_sizes(process_count)) / local), 1)
         it = ds.batch(local).as_numpy_iterator()
         for _ in range(num_batches):
             ex = next(it, None)
@@ -426,23 +544,27 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(order[:n])
 
 
-def _fixed_splits(config, split: str, what: str) -> None:
-    """Digits and IDX directories have exactly a train and a test split; a split expression set
-    for them would otherwise be ignored without a word."""
-    value = config[f"{split}_split"]
-    if value != split:
+def _fixed_split(field: str, value: str, what: str):
+    """Digits and IDX directories have a train and a test split, and slices of them (`split_slice`)."""
+    try:
+        name, select = split_slice(value, field, what)
+    except DataError:
+        name = None
+    if name not in ("train", "test"):
         raise DataError(
-            f"config.{split}_split={value!r}: {what} has fixed train and test splits; split expressions apply "
-            f"to TFDS datasets and image folders. Leave it at {split!r} (config.train_examples takes a subset)."
+            f"{field}={value!r}: {what} has fixed train and test splits, NAME being train or test; {_ONLY_SLICES}. "
+            "(config.train_examples takes a class-balanced subset.)"
         )
+    return name, select
 
 
 def _get_source(config, split: str):
     name = config.dataset
-    split_name = config[f"{split}_split"]
+    field, value = f"config.{split}_split", config[f"{split}_split"]
     if name == "digits":
-        _fixed_splits(config, split, "digits")
-        return load_digits(split)
+        base, select = _fixed_split(field, value, "digits")
+        source = load_digits(base)
+        return source.take(select(len(source)), field, value)
     looks_like_path = os.sep in name or name.startswith(".") or os.path.isdir(name)
     if looks_like_path:
         if os.path.exists(name) and not os.path.isdir(name):
@@ -452,10 +574,11 @@ def _get_source(config, split: str):
         if not os.listdir(name):
             raise DataError(f"Dataset directory {name} is empty. {DATASET_FIX}")
         if _is_idx_dir(name):
-            _fixed_splits(config, split, f"the IDX directory {name}")
-            return load_idx_dir(name, split)
-        return load_image_folder(name, split_name, storage_size(config))
-    return TfdsSource(config, split_name, storage_size(config))
+            base, select = _fixed_split(field, value, f"the IDX directory {name}")
+            source = load_idx_dir(name, base)
+            return source.take(select(len(source)), field, value)
+        return load_image_folder(name, value, storage_size(config), field=field)
+    return TfdsSource(config, value, storage_size(config), field=field)
 
 
 # ----------------------------------------------------------------------------- batching
@@ -492,3 +615,28 @@ def batch_rows(batch: int, process_index: int, process_count: int, rows) -> tupl
         return int(rows[0]), int(rows[1])
     local = batch // process_count
     return process_index * local, (process_index + 1) * local
+
+
+# The original release's functions (get_dataset_info, get_data_from_tfds, get_datasets, get_data,
+# prefetch, ...) live in input_pipeline_original.py and are importable from here, as they were.
+from vit_jax.input_pipeline_original import (  # noqa: E402
+    get_data,
+    get_data_from_directory,
+    get_data_from_tfds,
+    get_dataset_info,
+    get_datasets,
+    get_directory_info,
+    get_tfds_info,
+    prefetch,
+)
+
+__all__ = [
+    "get_data",
+    "get_data_from_directory",
+    "get_data_from_tfds",
+    "get_dataset_info",
+    "get_datasets",
+    "get_directory_info",
+    "get_tfds_info",
+    "prefetch",
+]

@@ -12,6 +12,7 @@ Without --workdir the run goes to runs/<config name>[_<arg>]. Running the same
 command again resumes from the latest checkpoint in the workdir.
 """
 
+import difflib
 import json
 import logging
 import os
@@ -51,26 +52,42 @@ def _config_arg(argv: list[str]) -> str | None:
     return pre.config
 
 
+def _unknown_override(error: Exception, argv: list[str], loaded) -> str:
+    """One line for a --config.FIELD the config lacks, with the full field and the nearest name."""
+    from vit_jax import config as config_lib
+    from vit_jax import config_original
+
+    text = str(error.args[0] if error.args else error)
+    key = re.search(r"'([A-Za-z0-9_]+)", text)
+    key = key.group(1) if key else text
+    overrides = [a[len("--config.") :].partition("=")[0] for a in argv if a.startswith("--config.")]
+    field = next((o for o in overrides if key in o.split(".")), key)
+    if loaded is None or not config_original.is_original(loaded):
+        return "--" + config_lib.unknown_field_message(field).removesuffix(".") + "; fix the flag."
+    fields = list(config_lib.flat_fields(loaded.to_dict()))  # the original's names, as its file has them
+    close = difflib.get_close_matches(field, fields, n=1)
+    hint = f"did you mean config.{close[0]}?" if close else "its fields are in vit_jax/configs/common.py"
+    return f"--config.{field} is not a field of {config_arg_name(argv)} ({hint}); fix the flag."
+
+
+def config_arg_name(argv: list[str]) -> str:
+    return (_config_arg(argv) or "the config").partition(":")[0]
+
+
 def _parse(argv: list[str]):
     """(config, config argument, workdir) from the command line; a ConfigError for any mistake."""
     from vit_jax import config as config_lib  # the flags' own modules, no JAX yet
 
     config_arg = _config_arg(argv)
+    loaded = None
     if config_arg:
-        config_lib.load_file(config_arg)  # a broken file is one line naming it, not absl's traceback
+        loaded = config_lib.load_file(config_arg)  # a broken file is one line naming it, not absl's traceback
     try:
         FLAGS(argv)
     except flags.Error as e:  # absl's message names the flag and the value
         raise config_lib.ConfigError(" ".join(str(e).split())) from None
     except (AttributeError, KeyError) as e:  # --config.unknown_field=...: ml_collections names only the key
-        text = str(e.args[0] if e.args else e)
-        field = re.search(r"'([A-Za-z0-9_]+)", text)
-        hint = re.search(r'Did you mean "([^"]+)"', text)
-        raise config_lib.ConfigError(
-            f"Unknown config field {field.group(1) if field else text!r}"
-            + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-            + ": check the spelling; --config.FIELD must exist in the config file."
-        ) from None
+        raise config_lib.ConfigError(_unknown_override(e, argv, loaded)) from None
     except (TypeError, ValueError) as e:
         raise config_lib.ConfigError(f"Bad config value: {e}") from None
     if FLAGS.config is None:
@@ -99,7 +116,7 @@ def _main(argv: list[str]) -> int:
     config, config_arg, workdir = _parse(argv)
     # Heavy imports after the flags are checked.
     from vit_jax import config as config_lib
-    from vit_jax import parallel, preemption, train
+    from vit_jax import config_original, parallel, preemption, train
 
     cluster = parallel.cluster_from(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     parallel.initialize(cluster, FLAGS.initialization_timeout)
@@ -109,6 +126,11 @@ def _main(argv: list[str]) -> int:
         logging.getLogger("vit_jax").setLevel(logging.WARNING)
     log.info("Devices: %s.", parallel.describe())
     log.info("Config %s, workdir %s", config_arg, workdir)
+    if config_original.trainer(config) == "inference_time":  # the original's other trainer
+        from vit_jax import inference_time
+
+        inference_time.inference_time(config, workdir)
+        return 0
     config = config_lib.resolve(config)
     config_lib.check_files(config)
     try:

@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import re
 import time
 from typing import Any
 
@@ -24,7 +26,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax import checkpoint, input_pipeline, metrics, models, parallel, preemption, preprocess, train_state
+from vit_jax import (
+    checkpoint,
+    config_original,
+    input_pipeline,
+    metrics,
+    models,
+    parallel,
+    preemption,
+    preprocess,
+    train_state,
+)
 from vit_jax import config as config_lib
 
 log = logging.getLogger("vit_jax")
@@ -34,8 +46,12 @@ log = logging.getLogger("vit_jax")
 
 
 def make_schedule(lr, steps: int):
-    """config.lr's schedule over `steps`: linear warm-up from 0, then cosine, linear or constant."""
-    warmup = min(int(lr.warmup_steps), steps)
+    """config.lr's schedule over `steps`: linear warm-up from 0, then cosine, linear or constant.
+
+    As the original's: a warm-up longer than the run is not shortened (the rate never reaches
+    lr.base), and the decay spans the steps after the warm-up.
+    """
+    warmup = int(lr.warmup_steps)
     rest = max(steps - warmup, 1)
     if lr.decay == "cosine":
         decay = optax.cosine_decay_schedule(lr.base, rest, alpha=lr.end / lr.base if lr.base else 0.0)
@@ -158,6 +174,64 @@ def make_eval_step(model, *, pp: dict[str, Any], num_classes: int, batch_shardin
         return {"correct": jnp.sum(correct * m), "loss": jnp.sum(loss * m), "count": jnp.sum(m)}
 
     return step
+
+
+def make_update_fn(*, apply_fn, accum_steps, tx):
+    """The original release's data-parallel update step, without pmap.
+
+    Returns update_fn(params, opt_state, batch, rng) -> (params, opt_state, loss, rng), where
+    every argument and result has a leading axis of jax.local_device_count(), as the original
+    (pmapped) one had: params, opt_state and rng replicated (e.g. by flax.jax_utils.replicate),
+    batch['image'] (devices, per_device, H, W, C) and batch['label'] one-hot (devices,
+    per_device, num_classes). Each device's softmax cross-entropy and gradient (averaged over
+    `accum_steps` micro-batches, utils.accumulate_gradient) are averaged over the devices
+    before one `tx` update; dropout on device d uses fold_in(rng, d); the returned rng is the
+    second half of split(rng). Parameters are donated.
+
+    It is jit of a shard_map over a one-axis mesh ('batch') of this process's devices, so it
+    averages over this process's devices only. Unlike the original, which reused one dropout
+    key for every micro-batch, micro-batch i (when accum_steps > 1) draws dropout from
+    fold_in(device key, i); and `tx.update` is given the parameters, so optimizers with
+    weight decay work too.
+    """
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    from vit_jax import utils
+
+    mesh = Mesh(np.array(jax.local_devices()), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+    accum = int(accum_steps or 1)
+
+    def on_device(params, opt_state, batch, rng):
+        # Each device sees its own (1, ...) slice of every argument.
+        params, opt_state, batch, rng = jax.tree.map(lambda x: x[0], (params, opt_state, batch, rng))
+        new_rng = jax.random.split(rng)[1]
+        dropout_rng = jax.random.fold_in(rng, jax.lax.axis_index("batch"))
+        images, labels = batch["image"], batch["label"]
+        rows = images.shape[0]
+        micro = jnp.arange(rows) * accum // rows  # the micro-batch of each row: slices are consecutive rows
+
+        def loss_fn(p, x, y):
+            y, m = y
+            key = jax.random.fold_in(dropout_rng, m[0]) if accum > 1 else dropout_rng
+            logits = apply_fn({"params": p}, x, train=True, rngs={"dropout": key})
+            return optax.softmax_cross_entropy(logits.astype(jnp.float32), y).mean()
+
+        loss, grads = utils.accumulate_gradient(jax.value_and_grad(loss_fn), params, images, (labels, micro), accum)
+        loss, grads = jax.lax.pmean((loss, grads), "batch")
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return jax.tree.map(lambda x: x[None], (params, opt_state, loss, new_rng))
+
+    split = jax.sharding.NamedSharding(mesh, P("batch"))
+    step = jax.jit(jax.shard_map(on_device, mesh=mesh, in_specs=P("batch"), out_specs=P("batch")), donate_argnums=(0,))
+
+    def update_fn(params, opt_state, batch, rng):
+        # Placed on the step's own sharding first: arrays from flax.jax_utils.replicate (another
+        # mesh), from the previous step and from numpy then all hit one compiled program.
+        return step(*jax.device_put((params, opt_state, batch, rng), split))
+
+    return update_fn
 
 
 @dataclasses.dataclass
@@ -332,11 +406,19 @@ class PendingMetrics:
 # ----------------------------------------------------------------------------- the run
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Resolves and checks `config`, then runs (or resumes) it in `workdir` (see `run`)."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
+    """Resolves and checks `config`, then runs (or resumes) it in `workdir` (see `run`).
+
+    Returns the final evaluation; for a config of the original release (built on its
+    `vit_jax/configs/common.py`), the final parameters instead, as the original's did.
+    """
+    original = config_original.is_original(config) and "trainer" in config
     config = config_lib.resolve(config)
     config_lib.check_files(config)
-    return run(config, workdir)
+    result = run(config, workdir)
+    if not original or "stopped" in result:
+        return result
+    return checkpoint.load(train_state.Workdir(os.path.abspath(workdir)).model)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -345,6 +427,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     Stopped by SIGTERM or SIGINT, it saves a checkpoint at the step it reached and
     returns {'stopped': signal name, 'step': step} instead.
     """
+    if "://" not in workdir:  # Orbax wants absolute paths; a relative workdir is the current dir's
+        workdir = os.path.abspath(workdir)
     train_state.prepare_workdir(workdir)
     wd = train_state.Workdir(workdir)
     is_main = jax.process_index() == 0
@@ -373,6 +457,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         log.info("final eval step %d | accuracy %.4f | loss %.4f | %d examples", steps, *result.values())
         writer.write("eval", steps, result)
         export(wd, state, prog, train_source, steps, result, is_main)
+        if config.flax_checkpoint:
+            write_flax_checkpoint(wd, state, steps, is_main)
     return result
 
 
@@ -514,3 +600,21 @@ def export(wd: train_state.Workdir, state, prog: "Program", source, steps: int, 
     }
     with open(wd.run_info, "w") as f:
         json.dump(info, f, indent=1, default=str)
+
+
+def write_flax_checkpoint(wd: train_state.Workdir, state, step: int, is_main: bool) -> str:
+    """WORKDIR/checkpoint_<step>: (parameters, optimizer state, step) as the original release's
+    train_and_evaluate saved them (flax msgpack), so its `flax.training.checkpoints.restore_checkpoint`
+    reads them back. The run itself resumes from its Orbax checkpoints, not from this file."""
+    import flax.serialization
+
+    params, opt_state = parallel.to_host((state["params"], state["opt_state"]))  # a collective
+    path = wd / f"checkpoint_{step}"
+    if is_main:
+        with open(path + ".tmp", "wb") as f:
+            f.write(flax.serialization.to_bytes((params, opt_state, step)))
+        os.replace(path + ".tmp", path)
+        for name in os.listdir(wd.path):  # the original kept only the newest
+            if re.fullmatch(r"checkpoint_\d+", name) and name != os.path.basename(path):
+                os.remove(wd / name)
+    return path

@@ -1,134 +1,81 @@
-"""Shared defaults of every run config; a run config changes only what differs.
+"""The original release's fine-tuning config, with its field names and defaults.
 
-Fields whose default is "unset" are declared with `placeholder(type)` so they can
-still be set from the command line (`--config.pretrained_path=ViT-B_16.npz`).
+Configs written for the original `vit_jax` build on this `get_config()` (as
+`vit_jax/configs/vit.py` and `augreg.py` do) and use its names: `base_lr`,
+`warmup_steps`, `decay_type`, `grad_norm_clip`, `batch_eval`, `pp.train`,
+`pp.test`, ... A run translates them into this project's own fields in one place
+(`vit_jax/config_original.py`) and logs what it translated. This project's own
+defaults, and the names its own configs use, are in `vit_jax/configs/defaults.py`.
 """
+
+from collections.abc import Iterable
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
+    """The original's defaults for everything but the model (locked, as the original's)."""
     c = ml_collections.ConfigDict()
-    c.seed = 0
-
-    # Data.
-    c.dataset = "digits"
-    c.train_split = "train"
-    c.test_split = "test"
-    c.tfds_data_dir = config_dict.placeholder(str)
+    # Pretrained weights are read from PRETRAINED_DIR/<model name>.npz.
+    c.pretrained_dir = "."
+    # A TFDS name, or a directory with train/<class>/*.jpg and test/<class>/*.jpg.
+    # Unset until `with_dataset` (or the command line) sets it.
+    c.dataset = config_dict.placeholder(str)
     c.tfds_manual_dir = config_dict.placeholder(str)
-    c.tfds_download = False
-    c.pp = ml_collections.ConfigDict()
-    c.pp.crop = 224  # model input size
-    c.pp.resize = config_dict.placeholder(int)  # host decode size of variable-size images (default: crop)
-    c.pp.area_min = 0.05  # Inception crop: 5% to 100% of the area; 1.0 = no crop
-    c.pp.flip = True
-    c.pp.channels = 3  # 1-channel data is repeated to 3 for RGB models
-    # Train on a fixed class-balanced subset of this many examples (data-size ablations);
-    # the subset depends on `train_subset_seed`, not on `seed`, so every run sees the same one.
-    c.train_examples = config_dict.placeholder(int)
-    c.train_subset_seed = 0
+    c.tfds_data_dir = config_dict.placeholder(str)
+    c.total_steps = config_dict.placeholder(int)  # set by the dataset preset
 
-    # Model: a registered name (vit_jax.configs.models), then any field in `model`
-    # that is set overrides it. Without a name, `model` must define the whole model.
-    c.model_name = config_dict.placeholder(str)
-    c.model = ml_collections.ConfigDict()
-    c.model.hidden_size = config_dict.placeholder(int)
-    c.model.patches = ml_collections.ConfigDict({"size": config_dict.placeholder(tuple)})
-    c.model.transformer = ml_collections.ConfigDict()
-    for field in ("mlp_dim", "num_heads", "num_layers"):
-        c.model.transformer[field] = config_dict.placeholder(int)
-    for field in ("dropout_rate", "attention_dropout_rate"):
-        c.model.transformer[field] = config_dict.placeholder(float)
-    c.model.classifier = config_dict.placeholder(str)
-    c.model.representation_size = config_dict.placeholder(int)
-    # Hybrid: a ResNet stem (root, then bottleneck stages of these sizes; () = root only,
-    # stride 4) feeds the encoder. Unset num_layers = a pure ViT, unless model_name is a hybrid.
-    c.model.resnet = ml_collections.ConfigDict(
-        {"num_layers": config_dict.placeholder(tuple), "width_factor": config_dict.placeholder(float)}
-    )
-    # Weight standardisation and GroupNorm numerics (unset: the original's; timm's hybrids bring theirs).
-    c.model.resnet.ws_epsilon = config_dict.placeholder(float)
-    c.model.resnet.ws_epsilon_in_sqrt = config_dict.placeholder(bool)
-    c.model.resnet.gn_epsilon = config_dict.placeholder(float)
-    c.model.posemb = config_dict.placeholder(str)
-    c.model.droppath_rate = config_dict.placeholder(float)
-    c.model.remat = config_dict.placeholder(str)
-    c.model.scan = config_dict.placeholder(bool)
-    c.model.attention_impl = config_dict.placeholder(str)
-    c.model.head_bias_init = config_dict.placeholder(float)
-    # Numerics of weights from other codebases (unset: the registered model's, else the original's;
-    # a pretrained timm or transformers checkpoint brings its own).
-    c.model.layernorm_epsilon = config_dict.placeholder(float)
-    c.model.gelu_approximate = config_dict.placeholder(bool)
-    c.model.fc_norm = config_dict.placeholder(bool)
-    c.model.dtype = "float32"  # computation; parameters stay float32
-    # A checkpoint to start from: an original .npz (local or gs://), a timm or transformers model
-    # directory, or hf-hub:ORG/NAME (vit_jax.pretrained).
-    c.pretrained_path = config_dict.placeholder(str)
-    c.pretrained_dir = config_dict.placeholder(str)  # with model_name: DIR/<model_name>.npz
+    c.grad_norm_clip = 1.0
+    c.optim_dtype = "bfloat16"  # dtype of the momentum accumulator
+    c.accum_steps = 8  # micro-batches per step; 0 or 1: none
 
-    # Optimisation. `batch` is the global batch over all devices and hosts.
     c.batch = 512
-    c.eval_batch = config_dict.placeholder(int)  # default: batch
-    c.accum_steps = 1
-    c.total_steps = 10_000
-    c.epochs = config_dict.placeholder(float)  # if set, overrides total_steps
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "sgd"  # sgd | adam | adamw (adam* use decoupled weight decay)
-    c.optim.momentum = 0.9
-    c.optim.mu_dtype = "float32"  # dtype of the momentum / first-moment accumulator
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.0  # applied to kernels (ndim > 1)
-    c.lr = ml_collections.ConfigDict()
-    c.lr.base = 0.03
-    c.lr.warmup_steps = 500
-    c.lr.decay = "cosine"  # cosine | linear | constant
-    c.lr.end = 0.0
-    c.grad_clip_norm = 1.0  # global norm; 0 disables
-    c.label_smoothing = 0.0
+    c.batch_eval = 512
+    c.shuffle_buffer = 50_000
+    c.eval_every = 100
+    c.progress_every = 10
+    c.checkpoint_every = 1_000  # 0: no checkpoints
+    c.prefetch = 2
 
-    # Devices: the mesh's named axes ((name, size), one size may be -1 = the rest). The batch
-    # is split over `data` and `fsdp`; parameters are replicated (`sharding="replicate"`) or
-    # split over `fsdp` with their optimizer state (`sharding="fsdp"`, arrays of at least
-    # `fsdp_min_size` elements). `sharding_rules`: (regex, spec) pairs tried first, first
-    # match wins; spec 'replicate', 'fsdp' or a tuple of axis names / None per dimension.
-    c.mesh = (("data", -1),)
-    c.sharding = "replicate"
-    c.sharding_rules = ()
-    c.fsdp_min_size = 2**14
+    c.base_lr = 0.03
+    c.decay_type = "cosine"  # or "linear"
+    c.warmup_steps = 500
 
-    # Logging, evaluation, checkpoints.
-    c.progress_every = 100
-    c.eval_every = 1000
-    c.checkpoint_every = 1000
-    c.keep_checkpoints = 3
-    # A step with a non-finite loss or gradient stops the run (the last good checkpoint
-    # stays the newest); True skips that step's update instead and logs it.
-    c.skip_nonfinite_steps = False
-    return c
+    c.trainer = "train"  # or "inference_time"
+
+    c.model = None  # a config of vit_jax/configs/models.py
+    c.model_or_filename = config_dict.placeholder(str)  # AugReg configs only
+    c.pp = None  # set by `with_dataset`: train / test splits and crop
+    return c.lock()
 
 
-def small_vit(c: ml_collections.ConfigDict, *, hidden: int, mlp: int, heads: int, layers: int, patch: int):
-    """A from-scratch ViT with the AdamW recipe the small-image configs share.
+def _preset(total_steps: int, train: str, test: str, crop: int = 384) -> ml_collections.ConfigDict:
+    pp = ml_collections.ConfigDict({"train": train, "test": test, "crop": crop})
+    return ml_collections.ConfigDict({"total_steps": total_steps, "pp": pp})
 
-    No dropout (the data augmentation and weight decay regularise), token head,
-    AdamW with lr 1e-3 and weight decay 0.05 on kernels, cosine decay, label
-    smoothing 0.1. The run config then sets data, batch, steps and intervals.
-    """
-    c.model.hidden_size = hidden
-    c.model.patches.size = (patch, patch)
-    c.model.transformer.mlp_dim = mlp
-    c.model.transformer.num_heads = heads
-    c.model.transformer.num_layers = layers
-    c.model.transformer.dropout_rate = 0.0
-    c.model.transformer.attention_dropout_rate = 0.0
-    c.model.classifier = "token"
-    c.optim.name = "adamw"
-    c.optim.weight_decay = 0.05
-    c.lr.base = 1e-3
-    c.label_smoothing = 0.1
-    return c
+
+# Steps and splits the original fine-tuned with; a slice of train is held out as minival.
+DATASET_PRESETS = {
+    "cifar10": _preset(10_000, "train[:98%]", "test"),
+    "cifar100": _preset(10_000, "train[:98%]", "test"),
+    "imagenet2012": _preset(20_000, "train[:99%]", "validation"),
+}
+
+
+def with_dataset(config: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
+    """An unlocked copy of `config` set up for `dataset` from DATASET_PRESETS."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.dataset = dataset
+    config.update(DATASET_PRESETS[dataset])
+    return config
+
+
+def flatten(config: Any, prefix: tuple[str, ...] = ("config",)) -> Iterable[tuple[str, Any]]:
+    """('config.a.b', value) for every leaf of `config` (for sweeps and logs)."""
+    for key, value in config.items():
+        if isinstance(value, dict | ml_collections.ConfigDict):
+            yield from flatten(value, (*prefix, key))
+        else:
+            yield ".".join((*prefix, key)), value

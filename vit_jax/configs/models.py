@@ -1,33 +1,45 @@
-"""Registry of named models, with the original release's names and fields.
+"""Registry of named models, with the original release's names, fields and order.
 
 `MODEL_CONFIGS['ViT-B_16']` is a locked ml_collections.ConfigDict that can be
 splatted into the model: `VisionTransformer(num_classes=10, **MODEL_CONFIGS[name])`.
-Short names (`B/16`, `S/32`, `R50+B/16`, ...) map to the same configs.
+The dict holds exactly the original's ViT names (its tests check that every entry is
+in their parameter-count table). Short names (`B/16`, `S/32`, `R50+B/16`) and other
+spellings (`b16`, `r50+b16`) resolve through `get_config` / `resolve_name`.
+`AUGREG_CONFIGS` names the same configs as the AugReg checkpoints' file names do
+(`B_16`, `R_Ti_16`, `R26_S_32`, ...), for the models AugReg published.
 """
 
 import ml_collections
 
 MODEL_CONFIGS: dict[str, ml_collections.ConfigDict] = {}
+AUGREG_CONFIGS: dict[str, ml_collections.ConfigDict] = {}
 SHORT_NAMES: dict[str, str] = {}
+
+# Registered models without AugReg checkpoints (the original's rule).
+_NOT_AUGREG = ("testing", "ViT-L_32", "R50+ViT-B_16", "ViT-H_14")
 
 
 def _register(get_config):
-    """Adds the config built by `get_config` to MODEL_CONFIGS under its names."""
+    """Adds the config built by `get_config` to the registries under its names."""
     config = get_config().lock()
     name = config.model_name
     MODEL_CONFIGS[name] = config
+    if name not in _NOT_AUGREG:
+        # AugReg file names avoid '+' and 'ViT-' so they work as file names and URIs alike.
+        AUGREG_CONFIGS[name.replace("ViT-", "").replace("+", "_")] = config
     if "ViT-" in name and not name.endswith("-gap-norep"):
-        short = name.replace("ViT-", "").replace("_", "/")
-        SHORT_NAMES[short] = name
-        MODEL_CONFIGS[short] = config
+        SHORT_NAMES[name.replace("ViT-", "").replace("_", "/")] = name
     return get_config
 
 
 def get_config(name: str) -> ml_collections.ConfigDict:
-    """The config of a model by its original or short name, unlocked copy."""
+    """The config of a model by its original name or any other spelling, as an unlocked copy."""
     if name not in MODEL_CONFIGS:
-        known = ", ".join(sorted(n for n in MODEL_CONFIGS if n not in SHORT_NAMES))
-        raise KeyError(f"Unknown model {name!r}. Known models: {known} (or short names like B/16).")
+        try:
+            name = SHORT_NAMES.get(name) or resolve_name(name)
+        except KeyError:
+            known = ", ".join(MODEL_CONFIGS)
+            raise KeyError(f"Unknown model {name!r}. Known models: {known} (or short names like B/16).") from None
     return ml_collections.ConfigDict(MODEL_CONFIGS[name].to_dict())
 
 
@@ -36,8 +48,10 @@ def _normalise(name: str) -> str:
 
 
 def resolve_name(name: str) -> str:
-    """Any spelling of a registered model ('b16', 'B/16', 'r50+b16', 'ViT-B_16') -> its name."""
-    lookup = {_normalise(k): c.model_name for k, c in MODEL_CONFIGS.items()}
+    """Any spelling of a registered model ('b16', 'B/16', 'r50+b16', 'R_Ti_16', 'ViT-B_16') -> its name."""
+    lookup = {_normalise(k): k for k in MODEL_CONFIGS}
+    lookup.update({_normalise(k): v for k, v in SHORT_NAMES.items()})
+    lookup.update({_normalise(k): c.model_name for k, c in AUGREG_CONFIGS.items()})
     if _normalise(name) not in lookup:
         raise KeyError(f"Unknown model {name!r}; e.g. ViT-B_16, b16, B/16, r50+b16.")
     return lookup[_normalise(name)]
@@ -83,6 +97,15 @@ def get_testing_config():
 
 
 @_register
+def get_testing_unpooled_config():
+    """`testing` with per-token logits and no cls token (the original's `testing-unpooled`)."""
+    config = get_testing_config()
+    config.model_name = "testing-unpooled"
+    config.classifier = "unpooled"
+    return config
+
+
+@_register
 def get_ti16_config():
     return _vit("ViT-Ti_16", 192, 768, 3, 12, 16)
 
@@ -108,6 +131,16 @@ def get_h14_config():
 
 
 @_register
+def get_s16_gap_norep_config():
+    return _gap_norep(get_s16_config(), "ViT-S_16-gap-norep")
+
+
+@_register
+def get_b16_gap_norep_config():
+    return _gap_norep(get_b16_config(), "ViT-B_16-gap-norep")
+
+
+@_register
 def get_b8_config():
     return _vit("ViT-B_8", 768, 3072, 12, 12, 8)
 
@@ -125,16 +158,6 @@ def get_b32_config():
 @_register
 def get_l32_config():
     return _vit("ViT-L_32", 1024, 4096, 16, 24, 32)
-
-
-@_register
-def get_s16_gap_norep_config():
-    return _gap_norep(get_s16_config(), "ViT-S_16-gap-norep")
-
-
-@_register
-def get_b16_gap_norep_config():
-    return _gap_norep(get_b16_config(), "ViT-B_16-gap-norep")
 
 
 @_register
