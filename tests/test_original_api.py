@@ -129,10 +129,10 @@ def test_add_gfile_logger_appends_records_to_workdir(tmp_path):
 
 
 def _testing_params(num_classes, size):
-    """The model and its parameters, initialised as test_utils.create_checkpoint does (eagerly: after
-    create_checkpoint has run, every initialiser is compiled already)."""
+    """The model and its parameters, initialised as test_utils.create_checkpoint does (jitted)."""
     model = models.VisionTransformer(num_classes=num_classes, **model_configs.get_testing_config())
-    params = model.init(jax.random.PRNGKey(0), jnp.ones((1, size, size, 3), jnp.float32), train=False)["params"]
+    init = jax.jit(lambda rng: model.init(rng, jnp.ones((1, size, size, 3), jnp.float32), train=False))
+    params = init(jax.random.PRNGKey(0))["params"]
     return model, jax.device_get(params)
 
 
