@@ -286,6 +286,15 @@ def _range_checks(config) -> list[tuple[str, Any, Any, str]]:
             for f in ("progress_every", "eval_every", "checkpoint_every", "keep_checkpoints")
         ],
         *[(f, config[f], lambda v: _is_int(v) and v >= 0, "use 0 or more") for f in ("seed", "train_subset_seed")],
+        ("fewshot.every", config.fewshot.every, _unset_or(lambda v: _is_int(v) and v > 0), "use a positive number"),
+        (
+            "fewshot.shots",
+            config.fewshot.shots,
+            lambda v: len(v) > 0 and all(_is_int(k) and k > 0 for k in v),
+            "use a tuple of positive counts, e.g. (1, 5, 10, 25)",
+        ),
+        ("fewshot.seeds", config.fewshot.seeds, lambda v: all(_is_int(k) and k >= 0 for k in v), "use seeds >= 0"),
+        ("fewshot.l2_reg", config.fewshot.l2_reg, lambda v: _is_number(v) and v > 0, _POSITIVE),
     ]
 
 

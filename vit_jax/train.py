@@ -29,6 +29,7 @@ import optax
 from vit_jax import (
     checkpoint,
     config_original,
+    features,
     input_pipeline,
     metrics,
     models,
@@ -450,7 +451,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         evaluate_test = lambda state: evaluate(  # noqa: E731
             prog.eval_step, state["params"], test_source, config_lib.eval_batch(config), prog.data_sharding
         )
-        state, stopped = train_loop(config, prog, state, train_source, steps, stop, ckpts, writer, evaluate_test)
+        fewshot = None
+        if config.fewshot.every:
+            with stop.at_once():
+                fewshot = features.FewshotEvaluator(config, prog.model, preprocess.pp_dict(config), prog.data_sharding)
+        state, stopped = train_loop(
+            config, prog, state, train_source, steps, stop, ckpts, writer, evaluate_test, fewshot
+        )
         if stopped:
             return stopped
         result = evaluate_test(state)
@@ -513,10 +520,11 @@ def restore_or_initialise(config, prog: "Program", wd: train_state.Workdir):
     return dict(state, params=params, opt_state=jax.jit(prog.tx.init, out_shardings=sh["opt_state"])(params))
 
 
-def train_loop(config, prog, state, source, steps: int, stop, ckpts, writer, evaluate_test):
+def train_loop(config, prog, state, source, steps: int, stop, ckpts, writer, evaluate_test, fewshot=None):
     """Trains from the state's step to `steps`: logs at config.progress_every, saves at
-    config.checkpoint_every, evaluates at config.eval_every, and on a stop signal saves the
-    step reached. Returns (state, None), or (state, {'stopped', 'step'}) when stopped."""
+    config.checkpoint_every, evaluates at config.eval_every (and few-shot at config.fewshot.every
+    with `fewshot`, a features.FewshotEvaluator), and on a stop signal saves the step reached.
+    Returns (state, None), or (state, {'stopped', 'step'}) when stopped."""
     start = int(jax.device_get(state["step"]))
     batches = source.train_batches(
         batch=config.batch,
@@ -563,6 +571,10 @@ def train_loop(config, prog, state, source, steps: int, stop, ckpts, writer, eva
             result = evaluate_test(state)
             log.info("eval step %d | accuracy %.4f | loss %.4f | %d examples", step, *result.values())
             writer.write("eval", step, result)
+        if fewshot is not None and itstime(step, config.fewshot.every, steps):
+            values = fewshot(state["params"])
+            log.info("fewshot step %d | %s", step, " | ".join(f"{k} {v:.4f}" for k, v in values.items()))
+            writer.write("fewshot", step, values)
     ckpts.finish()
     return state, None
 

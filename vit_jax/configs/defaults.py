@@ -109,6 +109,18 @@ def get_config() -> ml_collections.ConfigDict:
     # A step with a non-finite loss or gradient stops the run (the last good checkpoint
     # stays the newest); True skips that step's update instead and logs it.
     c.skip_nonfinite_steps = False
+    # Few-shot linear accuracy and kNN of the frozen pre-logits during training (the paper's
+    # protocol, vit_jax/evaluators.py), every `fewshot.every` steps (unset: off), on `datasets`
+    # (anything config.dataset accepts; empty: the run's own), each read as its `train_split`
+    # (the pool the shots are drawn from, and kNN's memory) and `test_split`.
+    c.fewshot = ml_collections.ConfigDict()
+    c.fewshot.every = config_dict.placeholder(int)
+    c.fewshot.datasets = ()
+    c.fewshot.train_split = "train"
+    c.fewshot.test_split = "test"
+    c.fewshot.shots = (1, 5, 10, 25)
+    c.fewshot.seeds = (0, 1, 2)
+    c.fewshot.l2_reg = 2.0**10
     # Also write the original release's flax checkpoint WORKDIR/checkpoint_<step> (parameters,
     # optimizer state, step) at the end, as its train_and_evaluate did; set for its configs.
     c.flax_checkpoint = False
