@@ -55,6 +55,21 @@ def report(records, outdir: str) -> sw.Report:
         row = [sw.pct(cell.get((head, lr))) for lr in rates]
         lr, s = best[head]
         lines.append(f"| {head} | " + " | ".join(row) + f" | {lr:g} | {sw.pct(s)} |")
+    measures = sw.fewshot_measures(stats)
+    if measures:  # the paper's own measure (its Figure 9 plots 5-shot linear accuracy) for the same runs
+        lines += [
+            "",
+            "Few-shot linear accuracy (%) of the same trained runs, the paper's measure: a closed-form",
+            "least-squares classifier on the frozen pre-logits of N examples per class (seed mean of 3 draws),",
+            'on the training dataset and, "transfer", on another dataset.',
+            "",
+            "| head | measure | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |",
+            "|---|---" + "|---" * len(rates) + "|",
+        ]
+        for head in HEADS:
+            for m in measures:
+                row = [sw.fewshot_pct(cell.get((head, lr)), m) for lr in rates]
+                lines.append(f"| {head} | {sw.fewshot_header(m)} | " + " | ".join(row) + " |")
     plot = "accuracy_vs_lr.png"
     _plot(cell, rates, os.path.join(outdir, plot))
     return sw.Report("\n".join(lines), plot)

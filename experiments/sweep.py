@@ -266,7 +266,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarise(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per cell: mean and standard deviation of the accuracy over seeds, and the count."""
+    """Per cell: mean and standard deviation of the accuracy over seeds, and the count; with
+    few-shot records, the same of each few-shot measure under 'fewshot' ({'own/5': stats, ...})."""
     by_cell: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_cell.setdefault(r["cell"], []).append(r)
@@ -274,7 +275,56 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for cell, rs in by_cell.items():
         mean, std = mean_std([r["accuracy"] for r in rs])
         out[cell] = {"overrides": rs[0]["overrides"], "mean": mean, "std": std, "n": len(rs)}
+        measures = sorted({m for r in rs for m in r.get("fewshot", {})})
+        if measures:
+            out[cell]["fewshot"] = {}
+            for m in measures:
+                values = [r["fewshot"][m] for r in rs if m in r.get("fewshot", {})]
+                m_mean, m_std = mean_std(values)
+                out[cell]["fewshot"][m] = {"mean": m_mean, "std": m_std, "n": len(values)}
     return out
+
+
+FEWSHOT_SHOTS = (5, 10)
+FEWSHOT_SEEDS = (0, 1, 2)
+FEWSHOT_FILE = "fewshot.json"
+
+
+def add_fewshot(records: list[dict[str, Any]], dataset: str, transfer: str | None) -> None:
+    """Adds record['fewshot'] = {'own/5': accuracy, 'own/10': ..., 'transfer/5': ...} (seed means)
+    to every finished run: few-shot linear accuracy of its final parameters' pre-logits, on its
+    own dataset and on `transfer`, computed once per run and kept in WORKDIR/fewshot.json."""
+    targets = {"own": dataset, **({"transfer": transfer} if transfer else {})}
+    for r in records:
+        path = os.path.join(r["workdir"], FEWSHOT_FILE)
+        cached = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                cached = json.load(f)
+        key = json.dumps({"targets": targets, "shots": FEWSHOT_SHOTS, "seeds": FEWSHOT_SEEDS}, sort_keys=True)
+        if cached.get("key") != key:
+            cached = {"key": key, "values": _fewshot_of_run(r["workdir"], targets)}
+            with open(path + ".tmp", "w") as f:
+                json.dump(cached, f, indent=1)
+            os.replace(path + ".tmp", path)
+        r["fewshot"] = cached["values"]
+
+
+def _fewshot_of_run(workdir: str, targets: dict[str, str]) -> dict[str, float]:
+    from vit_jax import features, input_pipeline, parallel, preprocess, runs
+
+    loaded = runs.from_workdir(workdir)
+    sharding = parallel.batch_sharding(parallel.make_mesh(loaded.config.mesh))
+    step = features.make_feature_step(loaded.model, preprocess.pp_dict(loaded.config), sharding)
+    values = {}
+    for label, dataset in targets.items():
+        c = features.dataset_config(loaded.config, dataset)
+        train, test = input_pipeline.get_source(c, "train"), input_pipeline.get_source(c, "test")
+        accs = features.fewshot_of_sampled(
+            step, loaded.params, train, test, 500, sharding, shots=FEWSHOT_SHOTS, seeds=FEWSHOT_SEEDS
+        )
+        values.update({f"{label}/{n}": sum(a) / len(a) for n, a in accs.items()})
+    return values
 
 
 def pct(stats: dict[str, Any] | None) -> str:
@@ -284,6 +334,25 @@ def pct(stats: dict[str, Any] | None) -> str:
     if math.isnan(stats["std"]):
         return f"{100 * stats['mean']:.2f} (1)"
     return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f} ({stats['n']})"
+
+
+def fewshot_pct(stats: dict[str, Any] | None, measure: str) -> str:
+    """A cell's few-shot measure ('own/5', 'transfer/10', ...) as pct() writes accuracies."""
+    return pct((stats or {}).get("fewshot", {}).get(measure))
+
+
+def fewshot_measures(stats: dict[str, dict[str, Any]]) -> list[str]:
+    """The few-shot measures the cells have, own dataset first, fewer shots first."""
+    found = {m for s in stats.values() for m in s.get("fewshot", {})}
+    return sorted(found, key=lambda m: (m.split("/")[0] != "own", int(m.split("/")[1])))
+
+
+FEWSHOT_HEADERS = {"own": "{n}-shot linear", "transfer": "{n}-shot linear, transfer"}
+
+
+def fewshot_header(measure: str) -> str:
+    where, n = measure.split("/")
+    return FEWSHOT_HEADERS[where].format(n=n)
 
 
 def machine() -> str:
@@ -429,6 +498,13 @@ def arg_parser(description: str) -> argparse.ArgumentParser:
     )
     ap.add_argument("--max_runs", type=int, help="start at most this many runs now (the rest on the next call)")
     ap.add_argument("--report_only", action="store_true", help="summarise the finished runs, start none")
+    ap.add_argument(
+        "--fewshot",
+        action="store_true",
+        help="also report 5- and 10-shot linear accuracy of each finished run's frozen features (the paper's "
+        "measure), on its dataset and on --transfer",
+    )
+    ap.add_argument("--transfer", help="with --fewshot: a second dataset, e.g. ../shared/data/mnist")
     return ap
 
 
@@ -528,6 +604,8 @@ def experiment_main(
         seeds = list(range(args.seeds or (1 if args.quick else 3)))
         sweep = Sweep(name, base_config(args), cells(args), seeds, common_overrides(args, quick_overrides), args.root)
         records, failed = run_sweep(sweep, args)
+        if args.fewshot and records:
+            add_fewshot(records, args.dataset, args.transfer)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

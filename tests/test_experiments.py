@@ -123,7 +123,7 @@ def test_cls_vs_gap_quick_resumes_over_sittings_then_attention_distance(tmp_path
     data, readme, _ = results(tmp_path, "cls_vs_gap")
     assert len(data["runs"]) == 2 and "Runs finished: 2 of 4" in readme
 
-    second = experiment("cls_vs_gap", tmp_path)
+    second = experiment("cls_vs_gap", tmp_path, "--fewshot")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "2 of 4 runs already finished, skipped" in second.stdout
     data, readme, out = results(tmp_path, "cls_vs_gap")
@@ -141,6 +141,10 @@ def test_cls_vs_gap_quick_resumes_over_sittings_then_attention_distance(tmp_path
             resolved = json.load(f)
         assert resolved["total_steps"] == 20 and resolved["model"]["classifier"] == r["overrides"]["model.classifier"]
     assert "| token |" in readme and "| gap |" in readme and (out / "accuracy_vs_lr.png").stat().st_size > 0
+    # --fewshot: the paper's measure for the same runs, per head, measure and learning rate.
+    assert "| head | measure | lr 0.001 | lr 0.003 |" in readme
+    assert "| token | 5-shot linear |" in readme and "| gap | 10-shot linear |" in readme
+    assert all(set(r["fewshot"]) == {"own/5", "own/10"} for r in data["runs"])
 
     third = experiment("cls_vs_gap", tmp_path)
     assert "4 of 4 runs already finished" in third.stdout and third.returncode == 0
@@ -165,11 +169,19 @@ def test_attention_distance_needs_the_cls_vs_gap_runs(tmp_path):
 
 
 def test_posemb_quick(tmp_path):
-    proc = experiment("posemb", tmp_path)
+    proc = experiment("posemb", tmp_path, "--fewshot", "--transfer", "digits")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data, readme, out = results(tmp_path, "posemb")
     assert sorted(r["overrides"]["model.posemb"] for r in data["runs"]) == ["learn", "none", "relative"]
     assert "| none | `none` |" in readme and "61.4" in readme and (out / "posemb.png").stat().st_size > 0
+    # The paper's measure beside the fine-tuned accuracy: 5- and 10-shot linear, own and transfer.
+    assert "| fine-tuned | 5-shot linear | 10-shot linear | 5-shot linear, transfer |" in readme
+    for r in data["runs"]:
+        assert set(r["fewshot"]) == {"own/5", "own/10", "transfer/5", "transfer/10"}
+        assert r["fewshot"]["own/5"] == r["fewshot"]["transfer/5"]  # the same dataset twice
+        assert 0.1 < r["fewshot"]["own/10"] <= 1
+        with open(os.path.join(r["workdir"], "fewshot.json")) as f:  # cached for the next report
+            assert json.load(f)["values"] == r["fewshot"]
 
 
 def test_data_size_quick_and_a_failing_run(tmp_path):

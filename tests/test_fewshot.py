@@ -102,3 +102,19 @@ def test_evaluate_command_on_a_run_matches_an_independent_computation(fewshot_ru
 def test_evaluate_command_errors_are_one_line(tmp_path, capsys):
     assert evaluate.main(["--workdir", str(tmp_path)]) == 2
     assert "is not a training workdir" in capsys.readouterr().err
+
+
+def test_fewshot_of_the_sampled_shots_equals_the_whole_pool(fewshot_run):
+    """Features of the sampled examples only give the numbers of features of the whole split."""
+    config, workdir = fewshot_run
+    loaded = runs.from_workdir(workdir)
+    step = features.make_feature_step(loaded.model, preprocess.pp_dict(config))
+    train_source, test_source = (input_pipeline.get_source(config, s) for s in ("train", "test"))
+    sampled = features.fewshot_of_sampled(
+        step, loaded.params, train_source, test_source, 64, sharding_of(config), shots=(1, 5), seeds=(0, 1)
+    )
+    train_x, train_y = direct_features(loaded, config, "train")
+    test_x, test_y = direct_features(loaded, config, "test")
+    whole = evaluators.fewshot_accuracy(train_x, train_y, test_x, test_y, 10, (1, 5), (0, 1))
+    for k in (1, 5):  # features batched differently may differ in the last bits: one example at most
+        np.testing.assert_allclose(sampled[k], whole[k], atol=1 / len(test_y) + 1e-9)

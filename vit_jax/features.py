@@ -139,3 +139,38 @@ class FewshotEvaluator:
 def short_name(dataset: str) -> str:
     """A dataset's name for metric keys: the last part of a path."""
     return dataset.rstrip("/").rsplit("/", 1)[-1] or dataset
+
+
+def fewshot_of_sampled(
+    feature_step,
+    params,
+    train_source,
+    test_source,
+    batch: int,
+    sharding,
+    *,
+    shots=(5, 10),
+    seeds=(0, 1, 2),
+    l2_reg=2.0**10,
+) -> dict[int, list[float]]:
+    """`evaluators.fewshot_accuracy` computing features of the sampled shots only (not the whole
+    training split): the samples depend on the labels alone, so the numbers are the same, at the
+    cost of a few hundred images. `train_source` must hold its labels (an in-memory source)."""
+    labels = np.asarray(train_source.labels)
+    k = train_source.num_classes
+    picks = {(n, s): evaluators.sample_shots(labels, k, n, s) for n in shots for s in seeds}
+    pool = np.unique(np.concatenate(list(picks.values())))
+    sub = input_pipeline.ArraySource(
+        train_source.images[pool], labels[pool], k, train_source.class_names, train_source.name
+    )
+    pool_x, pool_y = extract(feature_step, params, sub, batch, sharding)
+    test_x, test_y = extract(feature_step, params, test_source, batch, sharding)
+    where = {int(i): j for j, i in enumerate(pool)}
+    out = {}
+    for n in shots:
+        accs = []
+        for s in seeds:
+            rows = [where[int(i)] for i in picks[(n, s)]]
+            accs.append(evaluators.lsr_accuracy(pool_x[rows], pool_y[rows], test_x, test_y, k, l2_reg))
+        out[int(n)] = accs
+    return out

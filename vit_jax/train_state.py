@@ -232,6 +232,9 @@ def restore_state(workdir: str, target, keep: int) -> tuple[Any, dict] | None:
     """
     ocp = _ocp()
     directory = Workdir(workdir).checkpoints
+    # Before any read: a damaged array's siblings may report their late reads while the first
+    # failure is still on its way here (seen under load), so the hook must already be in place.
+    _quiet_late_read_callbacks()
     # A directory another process may be creating right now must not send the processes down
     # different paths of collective calls: process 0's view decides.
     if not parallel.process_zero_says(os.path.isdir(directory)):
@@ -295,6 +298,7 @@ def latest_params(workdir: str) -> tuple[Any, int]:
     directory = Workdir(workdir).checkpoints
     if not os.path.isdir(directory):
         raise CheckpointError(f"No {Workdir.MODEL} and no checkpoints in {workdir}: has the run started?")
+    _quiet_late_read_callbacks()  # before any read (see restore_state)
     mngr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
     try:
         for step in sorted(mngr.all_steps(), reverse=True):
