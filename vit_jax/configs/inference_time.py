@@ -5,7 +5,7 @@
 
     config = config_lib.get_config()
     config.batch, config.num_classes, config.image_size = 64, 1000, 224
-    inference_time.inference_time(config, "/tmp/inference_time")
+    inference_time.inference_time(config, "runs/inference_time")  # the workdir
 
 batch, num_classes and image_size have no usable default (0) and must be set. The field
 that names the job is `train`, not `trainer`, exactly as the original spelled it.
