@@ -52,15 +52,16 @@ class CheckpointError(errors.UserError):
 # ----------------------------------------------------------------------------- trees
 
 
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {'a/b/c': leaf}; empty sub-dicts (parameter-less layers) vanish."""
+def flatten(tree: Mapping, prefix: str = "", *, sep: str = "/", keep_empty: bool = False) -> dict[str, Any]:
+    """Nested dict -> {'a/b/c': leaf}. Empty sub-dicts (parameter-less layers) vanish, or with
+    `keep_empty` stay as {} leaves."""
     flat = {}
     for k, v in tree.items():
-        path = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            flat.update(flatten(v, path))
+        path = f"{prefix}{sep}{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and (v or not keep_empty):
+            flat.update(flatten(v, path, sep=sep, keep_empty=keep_empty))
         else:
-            flat[path] = v
+            flat[path] = {} if isinstance(v, Mapping) else v
     return flat
 
 
@@ -432,18 +433,6 @@ def _check_keys(restored: dict, init: dict, path: str, allow_missing: bool, allo
 # ----------------------------------------------------------------------------- the original's helpers
 
 
-def _flatten_keeping_empty(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """Like `flatten`, but an empty sub-dict (a layer without parameters) stays as a '{}' leaf."""
-    flat = {}
-    for k, v in tree.items():
-        path = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, Mapping) and v:
-            flat.update(_flatten_keeping_empty(v, path))
-        else:
-            flat[path] = {} if isinstance(v, Mapping) else v
-    return flat
-
-
 def inspect_params(*, params, expected, fail_if_extra=True, fail_if_missing=True):
     """Compares the parameter names of `params` with those of `expected` (values are not looked at).
 
@@ -453,8 +442,8 @@ def inspect_params(*, params, expected, fail_if_extra=True, fail_if_missing=True
     missing or extra names are logged, and raise a CheckpointError (a ValueError) listing
     them when `fail_if_missing` / `fail_if_extra`. Returns `params`.
     """
-    params_flat = _flatten_keeping_empty(params)
-    expected_flat = _flatten_keeping_empty(expected)
+    params_flat = flatten(params, keep_empty=True)
+    expected_flat = flatten(expected, keep_empty=True)
     missing = expected_flat.keys() - params_flat.keys()
     extra = params_flat.keys() - expected_flat.keys()
     empty = {k for k in missing if isinstance(expected_flat[k], Mapping)}

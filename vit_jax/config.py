@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vit_jax import config_original, errors, models_vit, parallel
+from vit_jax import checkpoint, config_original, errors, models_vit, parallel
 from vit_jax.configs import defaults
 from vit_jax.configs import models as model_configs
 
@@ -141,7 +141,7 @@ _RESNET_NUMERICS = ("resnet.ws_epsilon", "resnet.ws_epsilon_in_sqrt", "resnet.gn
 
 def with_pretrained_model(config) -> ml_collections.ConfigDict:
     """`config` with its unset model fields filled from a timm or transformers pretrained source."""
-    from vit_jax import checkpoint, pretrained
+    from vit_jax import pretrained
 
     path = pretrained_file(config)
     if not path or not pretrained.is_layout_source(path):
@@ -353,19 +353,12 @@ def validate(config, num_devices: int | None = None) -> None:
 
 def known_fields() -> list[str]:
     """Every field of the run config, dotted ('lr.base', 'model.transformer.num_heads')."""
-    return list(flat_fields(defaults.get_config().to_dict(), "."))
+    return list(flat_fields(defaults.get_config().to_dict()))
 
 
-def flat_fields(tree, sep: str = ".", prefix: str = "") -> dict[str, Any]:
+def flat_fields(tree) -> dict[str, Any]:
     """{'a.b.c': leaf} of a nested dict (an empty dict is a leaf)."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{sep}{key}" if prefix else key
-        if isinstance(value, dict) and value:
-            out.update(flat_fields(value, sep, name))
-        else:
-            out[name] = value
-    return out
+    return checkpoint.flatten(tree, sep=".", keep_empty=True)
 
 
 def unknown_field_message(field: str) -> str:
@@ -392,7 +385,7 @@ def check_known_fields(config) -> None:
     """Every field set in `config` is one the run reads, wherever it was set (file, flag or Python)."""
     known = set(known_fields())
     prefixes = {k.rpartition(".")[0] for k in known}
-    for field in flat_fields(config.to_dict(), "."):
+    for field in flat_fields(config.to_dict()):
         if field not in known and field not in prefixes:
             raise ConfigError(unknown_field_message(field))
 
