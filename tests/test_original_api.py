@@ -18,7 +18,7 @@ import optax
 import pytest
 from conftest import ROOT
 
-from vit_jax import checkpoint, errors, inference_time, models, test_utils, train, utils
+from vit_jax import checkpoint, errors, inference_time, models, optimizer, test_utils, train, utils
 from vit_jax.configs import inference_time as inference_time_config
 from vit_jax.configs import models as model_configs
 
@@ -51,7 +51,7 @@ def test_learning_rate_schedule_values(decay_type, warmup, expected):
 def test_learning_rate_schedule_agrees_with_train_schedule_and_rejects_unknown_decay():
     steps = jnp.arange(0, 130)
     for decay_type, end in (("linear", 1e-5), ("cosine", 0.0)):
-        ours = train.make_schedule(types.SimpleNamespace(base=0.03, end=end, decay=decay_type, warmup_steps=7), 100)
+        ours = optimizer.make_schedule(types.SimpleNamespace(base=0.03, end=end, decay=decay_type, warmup_steps=7), 100)
         original = utils.create_learning_rate_schedule(100, 0.03, decay_type, 7)
         np.testing.assert_allclose(jax.vmap(original)(steps), jax.vmap(ours)(steps), rtol=0, atol=1e-8)
     # A default linear_end of 1e-5: the linear schedule ends there, not at 0.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, error_lines, read_metrics, run_main, tiny_run_config
 
-from vit_jax import checkpoint, input_pipeline, main, models, parallel, preprocess, train
+from vit_jax import checkpoint, input_pipeline, main, models, optimizer, parallel, preprocess, train
 from vit_jax import config as config_lib
 
 
@@ -59,7 +59,7 @@ def test_bfloat16_training_keeps_float32_parameters(tmp_path):
 
 def _one_step(config, params, batch):
     model = models.VisionTransformer(num_classes=10, **config_lib.model_kwargs(config))
-    tx, schedule = train.make_optimizer(config, 10)
+    tx, schedule = optimizer.make_optimizer(config, 10)
     step = train.make_train_step(
         model,
         tx,
@@ -118,7 +118,7 @@ def test_each_micro_batch_draws_its_own_dropout_key():
     grads = [grad(params, jax.random.split(jax.random.fold_in(rng, i))[1]) for i in range(4)]
     g0, g1 = jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])
     assert not all(np.allclose(a, b) for a, b in zip(g0, g1, strict=True))  # keys differ per micro-batch
-    lr = float(train.make_schedule(cfg.lr, 10)(0))
+    lr = float(optimizer.make_schedule(cfg.lr, 10)(0))
     expected = jax.tree.map(lambda p, *g: p - lr * sum(g) / 4, params, *grads)
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -223,7 +223,7 @@ def test_config_recipes():
     assert i21k.model.transformer.dropout_rate == 0.1 and i21k.model.representation_size == 768
     i1k = load("pretrain.py:imagenet2012,b16")
     assert (i1k.lr.base, i1k.optim.weight_decay, i1k.epochs) == (3e-3, 0.3, 300)
-    schedule = train.make_schedule(i1k.lr, 100_000)
+    schedule = optimizer.make_schedule(i1k.lr, 100_000)
     assert float(schedule(5_000)) == pytest.approx(1.5e-3) and float(schedule(10_000)) == pytest.approx(3e-3)
     assert float(schedule(55_000)) == pytest.approx(1.5e-3)
 

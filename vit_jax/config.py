@@ -31,6 +31,7 @@ log = logging.getLogger("vit_jax")
 # The values a field may take, written once.
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DECAYS = ("cosine", "linear", "constant")
+WD_CONVENTIONS = ("optax", "augreg")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _USE_A_DTYPE = "use " + " or ".join(map(repr, DTYPES))
 TRAINABLE_CLASSIFIERS = ("token", "gap", "map")
@@ -233,6 +234,11 @@ def _unset_or(ok):
 
 
 _POSITIVE = "use a positive number"
+_USE_A_PROBABILITY = "use a probability from 0 to 1"
+
+
+def _is_probability(v) -> bool:
+    return _is_number(v) and 0 <= v <= 1
 
 
 def _range_checks(config) -> list[tuple[str, Any, Any, str]]:
@@ -248,6 +254,16 @@ def _range_checks(config) -> list[tuple[str, Any, Any, str]]:
         ),
         ("pp.channels", config.pp.channels, lambda v: v in (1, 3), "use 1 or 3"),
         ("pp.area_min", config.pp.area_min, lambda v: _is_number(v) and 0 < v <= 1, "use a fraction in (0, 1]"),
+        ("pp.pad", config.pp.pad, lambda v: _is_int(v) and v >= 0, "use 0 or more pixels"),
+        ("pp.randaug.num_layers", config.pp.randaug.num_layers, lambda v: _is_int(v) and v >= 0, "use 0 (off) or more"),
+        ("pp.randaug.magnitude", config.pp.randaug.magnitude, _non_negative, "use 0 or more, e.g. 10, 15 or 20"),
+        ("pp.erase_prob", config.pp.erase_prob, _is_probability, _USE_A_PROBABILITY),
+        *[
+            (f"mixup.{f}", config.mixup[f], _non_negative, "use 0 (off) or a positive alpha, e.g. 0.2")
+            for f in ("alpha", "cutmix_alpha")
+        ],
+        *[(f"mixup.{f}", config.mixup[f], _is_probability, _USE_A_PROBABILITY) for f in ("switch_prob", "prob")],
+        ("ema_decay", config.ema_decay, lambda v: _is_number(v) and 0 <= v < 1, "use 0 (off) or a rate below 1"),
         ("lr.base", config.lr.base, _non_negative, "use a positive learning rate"),
         ("lr.end", config.lr.end, _non_negative, "use 0 or a positive learning rate"),
         ("lr.warmup_steps", config.lr.warmup_steps, _non_negative, "use 0 or more steps"),
@@ -255,6 +271,13 @@ def _range_checks(config) -> list[tuple[str, Any, Any, str]]:
         ("optim.name", config.optim.name, lambda v: v in OPTIMIZERS, f"choose one of {', '.join(OPTIMIZERS)}"),
         ("optim.weight_decay", config.optim.weight_decay, _non_negative, "use 0 or more"),
         ("optim.mu_dtype", config.optim.mu_dtype, lambda v: v in DTYPES, _USE_A_DTYPE),
+        (
+            "optim.wd_convention",
+            config.optim.wd_convention,
+            lambda v: v in WD_CONVENTIONS,
+            f"choose one of {', '.join(WD_CONVENTIONS)}",
+        ),
+        ("optim.layer_decay", config.optim.layer_decay, lambda v: _is_number(v) and 0 < v <= 1, "use a rate in (0, 1]"),
         (
             "label_smoothing",
             config.label_smoothing,

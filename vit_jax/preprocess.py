@@ -1,11 +1,15 @@
 """Device-side preprocessing: from the uint8 batches the data sources yield to model inputs.
 
 Runs inside the jitted train and eval steps, so augmentation costs no host time and is
-keyed by the step's RNG (a resumed run draws the same crops and flips). Training takes
-an Inception crop (a random box of `area_min` to 100% of the image, aspect ratio 3/4 to
-4/3), resized to `crop`, and an optional horizontal flip; evaluation resizes the whole
-image to `crop`. Both scale to [-1, 1], the original release's input range, and repeat
-a single channel to three for RGB models (or average three to one).
+keyed by the step's RNG (a resumed run draws the same crops and flips). Training takes,
+in this order: an optional black border of `pad` pixels; an Inception crop (a random box
+of `area_min` to 100% of the image, aspect ratio 3/4 to 4/3) resized to `crop`, or with
+area_min = 1 and a border a random crop of the original size; an optional horizontal
+flip; RandAugment (`randaug`, on the image rounded to whole gray levels); the scaling to
+the model's input; random erasing (`erase_prob`). Mixup and CutMix (`mixup_dict`) act on
+the batch after this, in the train step. Evaluation resizes the whole image to `crop`.
+Both scale to [-1, 1], the original release's input range, and repeat a single channel
+to three for RGB models (or average three to one).
 """
 
 import math
@@ -14,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from vit_jax import augment
 from vit_jax.utils import to_pair
 
 
@@ -52,24 +57,41 @@ def inception_box(rng, height: int, width: int, area_range=(0.05, 1.0), ratio_ra
 
 
 def preprocess_train(images, rng, pp) -> jax.Array:
-    """uint8 batch -> float [-1, 1] at pp.crop: Inception crop, optional flip."""
+    """uint8 batch -> float [-1, 1] at pp.crop, augmented as the module doc says."""
     b, height, width, _ = images.shape
     crop = to_pair(pp["crop"])
+    pad = pp.get("pad", 0)
+    num_layers, magnitude = pp.get("randaug", (0, 0.0))
+    erase = pp.get("erase_prob", 0.0)
     x = images.astype(jnp.float32)
     keys = jax.random.split(rng, b)
 
     def one(image, key):
         kc, kf = jax.random.split(key)
+        h, w = height, width
+        if pad:
+            image = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+            h, w = h + 2 * pad, w + 2 * pad
         if pp["area_min"] < 1.0:
-            box = inception_box(kc, height, width, (pp["area_min"], 1.0))
+            box = inception_box(kc, h, w, (pp["area_min"], 1.0))
             image = _crop_resize(image, box, crop)
-        elif (height, width) != crop:
-            image = jax.image.resize(image, (*crop, image.shape[-1]), "linear", antialias=True)
+        else:
+            if pad:  # a random window of the original size, at whole-pixel offsets
+                top, left = jax.random.randint(kc, (2,), 0, 2 * pad + 1)
+                image = jax.lax.dynamic_slice(image, (top, left, 0), (height, width, image.shape[-1]))
+            if (height, width) != crop:
+                image = jax.image.resize(image, (*crop, image.shape[-1]), "linear", antialias=True)
         if pp["flip"]:
             image = jnp.where(jax.random.bernoulli(kf), image[:, ::-1], image)
+        if num_layers:
+            image = jnp.clip(jnp.round(image), 0.0, 255.0)
+            image = augment.randaugment(image, jax.random.fold_in(key, 2), num_layers, magnitude)
+        image = _to_model_input(image, pp["channels"])
+        if erase:
+            image = augment.random_erase(image, jax.random.fold_in(key, 3), erase)
         return image
 
-    return _to_model_input(jax.vmap(one)(x, keys), pp["channels"])
+    return jax.vmap(one)(x, keys)
 
 
 def preprocess_eval(images, pp) -> jax.Array:
@@ -89,4 +111,20 @@ def pp_dict(config) -> dict[str, Any]:
         "area_min": float(pp.area_min),
         "flip": bool(pp.flip),
         "channels": int(pp.channels),
+        "pad": int(pp.pad),
+        "randaug": (int(pp.randaug.num_layers), float(pp.randaug.magnitude)),
+        "erase_prob": float(pp.erase_prob),
+    }
+
+
+def mixup_dict(config) -> dict[str, float] | None:
+    """augment.mix_batch's keyword arguments from config.mixup; None when it is off."""
+    m = config.mixup
+    if not (m.alpha or m.cutmix_alpha) or not m.prob:
+        return None
+    return {
+        "mixup_alpha": float(m.alpha),
+        "cutmix_alpha": float(m.cutmix_alpha),
+        "switch_prob": float(m.switch_prob),
+        "prob": float(m.prob),
     }

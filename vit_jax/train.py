@@ -1,4 +1,4 @@
-"""Training and evaluation: optimizer, jitted steps, the loop.
+"""Training and evaluation: the jitted steps and the loop (the optimizer is `optimizer.py`).
 
 `run` reads top to bottom in named phases: load the data, build the program (model,
 optimizer, shardings, jitted steps), restore the latest checkpoint or initialise (from
@@ -6,8 +6,9 @@ scratch or from pretrained weights), train, evaluate, export. The config it gets
 resolved and checked (`vit_jax.config.resolve`); `train_and_evaluate` does both for
 library callers.
 
-Exact resume: the batch of step s and its RNG are functions of (seed, s), and a
-checkpoint holds parameters, optimizer state and step, so a run restarted from any
+Exact resume: the batch of step s and its RNG (augmentation included) are functions of
+(seed, s), and a checkpoint holds parameters, optimizer state, the parameter average
+(with config.ema_decay) and step, so a run restarted from any
 completed checkpoint retraces the uninterrupted run bit for bit.
 """
 
@@ -27,12 +28,14 @@ import numpy as np
 import optax
 
 from vit_jax import (
+    augment,
     checkpoint,
     config_original,
     features,
     input_pipeline,
     metrics,
     models,
+    optimizer,
     parallel,
     preemption,
     preprocess,
@@ -43,55 +46,23 @@ from vit_jax import config as config_lib
 log = logging.getLogger("vit_jax")
 
 
-# ----------------------------------------------------------------------------- optimizer
-
-
-def make_schedule(lr, steps: int):
-    """config.lr's schedule over `steps`: linear warm-up from 0, then cosine, linear or constant.
-
-    As the original's: a warm-up longer than the run is not shortened (the rate never reaches
-    lr.base), and the decay spans the steps after the warm-up.
-    """
-    warmup = int(lr.warmup_steps)
-    rest = max(steps - warmup, 1)
-    if lr.decay == "cosine":
-        decay = optax.cosine_decay_schedule(lr.base, rest, alpha=lr.end / lr.base if lr.base else 0.0)
-    elif lr.decay == "linear":
-        decay = optax.linear_schedule(lr.base, lr.end, rest)
-    else:
-        decay = optax.constant_schedule(lr.base)
-    if warmup == 0:
-        return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, lr.base, warmup), decay], [warmup])
-
-
-def make_optimizer(config, steps: int):
-    """(optax transformation, schedule): clipping, then the optimizer with the schedule."""
-    o = config.optim
-    schedule = make_schedule(config.lr, steps)
-    mu_dtype = config_lib.DTYPES[o.mu_dtype]
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
-    if o.name == "sgd":
-        opt = optax.sgd(schedule, momentum=o.momentum or None, accumulator_dtype=mu_dtype)
-        if o.weight_decay:
-            opt = optax.chain(optax.add_decayed_weights(o.weight_decay, decay_mask), opt)
-    else:
-        opt = optax.adamw(
-            schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mu_dtype=mu_dtype, mask=decay_mask
-        )
-    parts = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []
-    return optax.chain(*parts, opt), schedule
-
-
 # ----------------------------------------------------------------------------- steps
+
+
+def soft_targets(labels, num_classes: int, smoothing: float = 0.0):
+    """One-hot targets, with optional label smoothing."""
+    targets = jax.nn.one_hot(labels, num_classes)
+    return optax.smooth_labels(targets, smoothing) if smoothing else targets
 
 
 def cross_entropy(logits, labels, num_classes: int, smoothing: float = 0.0):
     """Per-example softmax cross-entropy in float32, with optional label smoothing."""
-    targets = jax.nn.one_hot(labels, num_classes)
-    if smoothing:
-        targets = optax.smooth_labels(targets, smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), soft_targets(labels, num_classes, smoothing))
+
+
+def eval_params(state):
+    """The parameters a run evaluates and exports: the moving average when the run keeps one."""
+    return state["ema"] if "ema" in state else state["params"]
 
 
 def make_train_step(
@@ -103,28 +74,35 @@ def make_train_step(
     num_classes: int,
     accum_steps: int = 1,
     label_smoothing: float = 0.0,
+    mixup: dict[str, float] | None = None,
+    ema: tuple[float, bool] | None = None,
     skip_nonfinite: bool = False,
     batch_sharding=None,
 ):
     """step(state, batch, base_rng) -> (state, metrics); pure, for jax.jit.
 
     The batch is split into `accum_steps` micro-batches (interleaved rows, so each
-    spans every device), each with its own dropout and augmentation keys; gradients
-    are averaged before one optimizer update. With `batch_sharding`, the model's
-    activations are kept split like the batch (see parallel.split_activations_like).
-    metrics['finite'] is False when the loss or the gradient is not finite; with
-    `skip_nonfinite` that step's update is not applied.
+    spans every device), each with its own dropout, augmentation and mixing keys;
+    gradients are averaged before one optimizer update. `mixup` (augment.mix_batch's
+    keyword arguments) mixes images and targets within each micro-batch. With `ema`
+    = (decay, warmup), state['ema'] follows the parameters after every update. With
+    `batch_sharding`, the model's activations are kept split like the batch (see
+    parallel.split_activations_like). metrics['finite'] is False when the loss or the
+    gradient is not finite; with `skip_nonfinite` that step's update is not applied.
     """
     accum = int(accum_steps)
 
     def micro_grads(params, images, labels, rng):
         k_aug, k_drop = jax.random.split(rng)
         x = preprocess.preprocess_train(images, k_aug, pp)
+        targets = soft_targets(labels, num_classes, label_smoothing)
+        if mixup:
+            x, targets = augment.mix_batch(x, targets, jax.random.fold_in(rng, 2), **mixup)
 
         def loss_fn(p):
             with parallel.split_activations_like(batch_sharding):
                 logits = model.apply({"params": p}, x, train=True, rngs={"dropout": k_drop})
-            return cross_entropy(logits, labels, num_classes, label_smoothing).mean()
+            return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
         return jax.value_and_grad(loss_fn)(params)
 
@@ -149,13 +127,14 @@ def make_train_step(
             loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         grad_norm = optax.global_norm(grads)
-        new_params = optax.apply_updates(params, updates)
+        new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
+        if ema is not None:
+            new_state["ema"] = optimizer.ema_update(state["ema"], new_state["params"], state["step"], *ema)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if skip_nonfinite:  # a non-finite batch leaves parameters and optimizer state as they were
-            new_params, opt_state = jax.tree.map(
-                lambda new, old: jnp.where(finite, new, old), (new_params, opt_state), (params, state["opt_state"])
-            )
-        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
+            old = {k: state[k] for k in new_state}
+            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old)
+        new_state["step"] = state["step"] + 1
         out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), "finite": finite}
         return new_state, out
 
@@ -271,11 +250,15 @@ def build(config, num_classes: int, steps: int, mesh=None) -> Program:
     pp = preprocess.pp_dict(config)
     crop_hw = pp["crop"]
     dummy = jnp.zeros((1, *crop_hw, config.pp.channels), jnp.float32)
-    tx, schedule = make_optimizer(config, steps)
+    tx, schedule = optimizer.make_optimizer(config, steps, num_layers=kw["transformer"]["num_layers"])
+    ema = (float(config.ema_decay), bool(config.ema_warmup)) if config.ema_decay else None
 
     def init_state(rng):
         params = model.init(rng, dummy, train=False)["params"]
-        return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+        state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+        if ema is not None:  # the average starts at the initial parameters
+            state["ema"] = jax.tree.map(jnp.copy, params)
+        return state
 
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
     rules = parallel.sharding_rules(config)
@@ -288,6 +271,8 @@ def build(config, num_classes: int, steps: int, mesh=None) -> Program:
         num_classes=num_classes,
         accum_steps=config.accum_steps,
         label_smoothing=config.label_smoothing,
+        mixup=preprocess.mixup_dict(config),
+        ema=ema,
         skip_nonfinite=config.skip_nonfinite_steps,
         batch_sharding=data_sharding,
     )
@@ -449,7 +434,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state = restore_or_initialise(config, prog, wd)
         ckpts = stack.enter_context(train_state.Checkpoints(workdir, config.keep_checkpoints))
         evaluate_test = lambda state: evaluate(  # noqa: E731
-            prog.eval_step, state["params"], test_source, config_lib.eval_batch(config), prog.data_sharding
+            prog.eval_step, eval_params(state), test_source, config_lib.eval_batch(config), prog.data_sharding
         )
         fewshot = None
         if config.fewshot.every:
@@ -517,7 +502,10 @@ def restore_or_initialise(config, prog: "Program", wd: train_state.Workdir):
     sh = prog.state_shardings
     params = jax.device_put(params, sh["params"])
     log.info("Initialised from pretrained %s.", path)
-    return dict(state, params=params, opt_state=jax.jit(prog.tx.init, out_shardings=sh["opt_state"])(params))
+    state = dict(state, params=params, opt_state=jax.jit(prog.tx.init, out_shardings=sh["opt_state"])(params))
+    if "ema" in state:
+        state["ema"] = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sh["ema"])(params)
+    return state
 
 
 def train_loop(config, prog, state, source, steps: int, stop, ckpts, writer, evaluate_test, fewshot=None):
@@ -572,7 +560,7 @@ def train_loop(config, prog, state, source, steps: int, stop, ckpts, writer, eva
             log.info("eval step %d | accuracy %.4f | loss %.4f | %d examples", step, *result.values())
             writer.write("eval", step, result)
         if fewshot is not None and itstime(step, config.fewshot.every, steps):
-            values = fewshot(state["params"])
+            values = fewshot(eval_params(state))
             log.info("fewshot step %d | %s", step, " | ".join(f"{k} {v:.4f}" for k, v in values.items()))
             writer.write("fewshot", step, values)
     ckpts.finish()
@@ -599,7 +587,7 @@ def log_progress(step: int, steps: int, values: dict[str, float], eta: float) ->
 
 def export(wd: train_state.Workdir, state, prog: "Program", source, steps: int, result: dict, is_main: bool) -> None:
     """The final parameters in the original release's .npz format, and run.json beside them."""
-    final_params = parallel.to_host(state["params"])  # a collective: every process takes part
+    final_params = parallel.to_host(eval_params(state))  # a collective: every process takes part
     if not is_main:
         return
     checkpoint.save(final_params, wd.model)

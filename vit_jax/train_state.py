@@ -289,7 +289,8 @@ def restore_state(workdir: str, target, keep: int) -> tuple[Any, dict] | None:
 
 def latest_params(workdir: str) -> tuple[Any, int]:
     """(parameters, step) of the newest intact checkpoint in `workdir`, as host arrays in the
-    per-block layout, for the tools that read a run while it trains or after it stopped.
+    per-block layout, for the tools that read a run while it trains or after it stopped: the
+    moving average when the run keeps one (what it evaluates and exports).
 
     The checksums are verified as a resume does; a damaged step is skipped with a warning
     (and left where it is: the run that owns the workdir may still be writing).
@@ -310,7 +311,7 @@ def latest_params(workdir: str) -> tuple[Any, int]:
             except Exception as e:
                 problem = errors.error_line(e)
             if problem is None:
-                return unstack_blocks(state["params"]), step
+                return unstack_blocks(state.get("ema", state["params"])), step
             _quiet_late_read_callbacks()
             log.warning("Checkpoint step %d in %s is damaged (%s); trying an older one.", step, directory, problem)
     finally:

@@ -30,7 +30,7 @@ def create_learning_rate_schedule(total_steps, base, decay_type, warmup_steps, l
     """step -> learning rate (float32): `base` decayed to `linear_end` (linear) or 0 (cosine) over
     the steps after warm-up, multiplied during warm-up by step / warmup_steps.
 
-    Written out rather than built on `train.make_schedule`: optax's pieces compute the same
+    Written out rather than built on `optimizer.make_schedule`: optax's pieces compute the same
     function but round differently (up to 2 float32 ulps of `base`), and a drop-in schedule
     should log the very numbers the original did. The tests check that both agree. Works
     on Python ints and on traced step counters alike.

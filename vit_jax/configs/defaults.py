@@ -25,6 +25,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.pp.area_min = 0.05  # Inception crop: 5% to 100% of the area; 1.0 = no crop
     c.pp.flip = True
     c.pp.channels = 3  # 1-channel data is repeated to 3 for RGB models
+    # Augmentation of training images, on the device inside the train step (vit_jax/augment.py);
+    # every one is off by default. `pad`: pixels of black border added before the crop (with
+    # area_min=1 a random crop of the original size: the classic pad-and-crop of tiny images).
+    # `randaug`: big_vision's RandAugment, AugReg's `randaug(num_layers, magnitude)`; 0 layers = off.
+    # `erase_prob`: probability of one random-erasing box (timm's RandomErasing, per-pixel noise).
+    c.pp.pad = 0
+    c.pp.randaug = ml_collections.ConfigDict({"num_layers": 0, "magnitude": 10.0})
+    c.pp.erase_prob = 0.0
+    # Mixup (big_vision's: one Beta(alpha, alpha) weight per batch, partner = the next example)
+    # and CutMix (timm's box); with both, CutMix with probability switch_prob; applied to a
+    # batch (to each micro-batch with accum_steps) with probability `prob`. alpha 0 = off.
+    c.mixup = ml_collections.ConfigDict({"alpha": 0.0, "cutmix_alpha": 0.0, "switch_prob": 0.5, "prob": 1.0})
     # Train on a fixed class-balanced subset of this many examples (data-size ablations);
     # the subset depends on `train_subset_seed`, not on `seed`, so every run sees the same one.
     c.train_examples = config_dict.placeholder(int)
@@ -82,7 +94,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.0  # applied to kernels (ndim > 1)
+    c.optim.weight_decay = 0.0
+    # "optax": weight_decay multiplies the learning rate (optax.adamw, PyTorch's AdamW; for sgd it
+    # is added to the gradient) and decays every parameter with more than one dimension.
+    # "augreg": AugReg's and big_vision's: decoupled decay weight_decay * lr(t) of the kernels only
+    # (not biases, norms, position embedding or cls), added after the optimizer and layer decay,
+    # for sgd and adam alike (AugReg's wd 0.1 at lr 1e-3 is big_vision's config.wd = 1e-4).
+    c.optim.wd_convention = "optax"
+    # Layer-wise learning-rate decay for fine-tuning (BEiT, MAE): block i of L gets
+    # layer_decay ** (L - i), the embeddings layer_decay ** (L + 1), the final norm and head 1.
+    c.optim.layer_decay = 1.0
     c.lr = ml_collections.ConfigDict()
     c.lr.base = 0.03
     c.lr.warmup_steps = 500
@@ -90,6 +111,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.lr.end = 0.0
     c.grad_clip_norm = 1.0  # global norm; 0 disables
     c.label_smoothing = 0.0
+    # An exponential moving average of the parameters, updated after every step (0 = off). When
+    # set it is what the run evaluates, few-shots and exports (model.npz); the checkpoints hold
+    # it beside the parameters. `ema_warmup` uses min(ema_decay, (1 + t) / (10 + t)) at step t,
+    # as TensorFlow's ExponentialMovingAverage with num_updates does, so short runs forget the
+    # initialisation.
+    c.ema_decay = 0.0
+    c.ema_warmup = False
 
     # Devices: the mesh's named axes ((name, size), one size may be -1 = the rest). The batch
     # is split over `data` and `fsdp`; parameters are replicated (`sharding="replicate"`) or
