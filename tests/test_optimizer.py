@@ -124,11 +124,17 @@ def test_augreg_weight_decay_with_sgd_by_hand():
         np.testing.assert_allclose(u, -0.1 * np.asarray(flat_g[name]) - decay, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("warmup", [False, True])
-def test_ema_of_a_run_equals_the_recurrence_by_hand(warmup):
-    """Three real train steps: state['ema'] against the average of the recorded parameters
-    worked out in float64, with the per-step rates written out."""
-    config = config_lib.resolve(tiny_run_config(ema_decay=0.8, ema_warmup=warmup))
+def test_ema_rates_by_hand():
+    assert [float(optimizer.ema_decay_at(t, 0.8, False)) for t in (0, 5, 100)] == pytest.approx([0.8] * 3)
+    assert [float(optimizer.ema_decay_at(t, 0.8, True)) for t in (0, 1, 35, 100)] == pytest.approx(
+        [0.1, 2 / 11, 0.8, 0.8]  # (1 + t) / (10 + t) until it reaches 0.8 at t = 35
+    )
+
+
+def test_ema_of_a_run_equals_the_recurrence_by_hand():
+    """Three real train steps with the warm-up (so each step has its own rate): state['ema']
+    against the average of the recorded parameters worked out in float64."""
+    config = config_lib.resolve(tiny_run_config(ema_decay=0.8, ema_warmup=True))
     source = input_pipeline.get_source(config, "train")
     prog = train.build(config, source.num_classes, 10)
     state = prog.init_state(jax.random.PRNGKey(0))
@@ -139,8 +145,7 @@ def test_ema_of_a_run_equals_the_recurrence_by_hand(warmup):
     for _ in range(3):
         state, _ = prog.train_step(state, parallel.global_batch(next(batches), prog.data_sharding), rng)
         history.append(parallel.to_host(state["params"]))
-    rates = [min(0.8, (1 + t) / (10 + t)) if warmup else 0.8 for t in range(3)]
-    assert rates == ([0.1, 2 / 11, 0.25] if warmup else [0.8] * 3)
+    rates = [0.1, 2 / 11, 0.25]  # (1 + t) / (10 + t) for t = 0, 1, 2
     want = jax.tree.map(lambda p: np.asarray(p, np.float64), history[0])
     for d, p in zip(rates, history[1:], strict=True):
         want = jax.tree.map(lambda e, q, d=d: d * e + (1 - d) * np.asarray(q, np.float64), want, p)
