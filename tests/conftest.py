@@ -105,6 +105,19 @@ def read_metrics(workdir):
         return [json.loads(line) for line in f]
 
 
+def resume_without_newest(config, workdir, dest, newest_step: int):
+    """Copies a finished run to `dest` less its newest checkpoint and its model.npz, runs `config`
+    there (a resume from the checkpoint before), and returns the parameters it exports."""
+    from vit_jax import checkpoint, train
+
+    dest = str(dest)
+    shutil.copytree(workdir, dest)
+    shutil.rmtree(os.path.join(dest, "checkpoints", str(newest_step)))
+    os.remove(os.path.join(dest, "model.npz"))
+    train.train_and_evaluate(config, dest)
+    return checkpoint.load(os.path.join(dest, "model.npz"))
+
+
 def run_main(*args, timeout=120):
     """`python -m vit_jax.main ARGS` from the repo root, to its end; its exit status and output."""
     return subprocess.run(

@@ -3,12 +3,11 @@ training without disturbing the run (or its exact resume), and `vit_jax.evaluate
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 import pytest
-from conftest import read_metrics, tiny_run_config
+from conftest import read_metrics, resume_without_newest, tiny_run_config
 
 from vit_jax import checkpoint, evaluate, evaluators, features, input_pipeline, preprocess, runs, train
 
@@ -70,12 +69,8 @@ def test_fewshot_leaves_training_and_its_resume_bitwise(fewshot_run, tmp_path):
     train.train_and_evaluate(plain, str(tmp_path / "plain"))
     jax.tree.map(np.testing.assert_array_equal, checkpoint.load(str(tmp_path / "plain" / "model.npz")), with_fewshot)
     # ... and so does a resume of the few-shot run from its step-10 checkpoint.
-    resumed = str(tmp_path / "resumed")
-    shutil.copytree(workdir, resumed)
-    shutil.rmtree(os.path.join(resumed, "checkpoints", "20"))
-    os.remove(os.path.join(resumed, "model.npz"))
-    train.train_and_evaluate(config, resumed)
-    jax.tree.map(np.testing.assert_array_equal, checkpoint.load(os.path.join(resumed, "model.npz")), with_fewshot)
+    resumed = tmp_path / "resumed"
+    jax.tree.map(np.testing.assert_array_equal, resume_without_newest(config, workdir, resumed, 20), with_fewshot)
     assert [m["step"] for m in read_metrics(resumed) if m["kind"] == "fewshot"][-1] == 20
 
 

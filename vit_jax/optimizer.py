@@ -46,10 +46,6 @@ def make_schedule(lr, steps: int):
     return optax.join_schedules([optax.linear_schedule(0.0, lr.base, warmup), decay], [warmup])
 
 
-def _name(path) -> str:
-    return parallel.path_name(path)
-
-
 def layer_scale(name: str, shape: tuple[int, ...], layer_decay: float, num_layers: int) -> np.ndarray:
     """The multiplier of one parameter's update under layer-wise decay (see the module doc).
 
@@ -69,7 +65,7 @@ def layer_scale(name: str, shape: tuple[int, ...], layer_decay: float, num_layer
 def layer_scales(params, layer_decay: float, num_layers: int):
     """The tree of layer_scale for every parameter of `params` (arrays or shapes)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, p: layer_scale(_name(path), tuple(p.shape), layer_decay, num_layers), params
+        lambda path, p: layer_scale(parallel.path_name(path), tuple(p.shape), layer_decay, num_layers), params
     )
 
 
@@ -83,11 +79,8 @@ def scale_by_layer(layer_decay: float, num_layers: int) -> optax.GradientTransfo
 
     def update_fn(updates, state, params=None):
         del params
-        scaled = jax.tree_util.tree_map_with_path(
-            lambda path, u: u * jnp.asarray(layer_scale(_name(path), u.shape, layer_decay, num_layers), u.dtype),
-            updates,
-        )
-        return scaled, state
+        scales = layer_scales(updates, layer_decay, num_layers)
+        return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -117,7 +110,7 @@ def decoupled_weight_decay(rate: float, schedule, mask) -> optax.GradientTransfo
 
 def kernels_only(params):
     """big_vision's default weight-decay mask: parameters named `kernel`."""
-    return jax.tree_util.tree_map_with_path(lambda path, p: _name(path).endswith("/kernel"), params)
+    return jax.tree_util.tree_map_with_path(lambda path, p: parallel.path_name(path).endswith("/kernel"), params)
 
 
 def matrices(params):

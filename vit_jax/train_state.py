@@ -271,7 +271,6 @@ def restore_state(workdir: str, target, keep: int) -> tuple[Any, dict] | None:
             if parallel.every_process(problem is None):  # all act alike
                 return _with_step(result, step)
             damaged.append((step, problem or "damaged on another process"))
-            _quiet_late_read_callbacks()
             log.warning(
                 "Checkpoint step %d in %s is damaged (%s); trying an older one.", step, directory, damaged[-1][1]
             )
@@ -312,7 +311,6 @@ def latest_params(workdir: str) -> tuple[Any, int]:
                 problem = errors.error_line(e)
             if problem is None:
                 return unstack_blocks(state.get("ema", state["params"])), step
-            _quiet_late_read_callbacks()
             log.warning("Checkpoint step %d in %s is damaged (%s); trying an older one.", step, directory, problem)
     finally:
         mngr.close()
