@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.models_layers import self_attention
 from vit_jax.models_posemb import relative_position_index
 
 Dtype = Any
@@ -111,7 +112,11 @@ class MultiHeadDotProductAttention(nn.Module):
 
         impl = resolve_attention_impl(self.attention_impl)
         dropout = not self.deterministic and self.dropout_rate > 0
-        if impl == "dot_product_attention" and not (return_weights or dropout):
+        plain = not (return_weights or dropout) and bias is None
+        if impl == "fused" and plain and inputs_kv is None and self.dtype == jnp.float32:
+            out = self_attention(qkv)  # the same computation, with a hand-written backward pass
+            weights = None
+        elif impl == "dot_product_attention" and not (return_weights or dropout):
             out = jax.nn.dot_product_attention(q, k, v, bias=bias)
             weights = None
         else:

@@ -16,6 +16,7 @@ import numpy as np
 
 from vit_jax import models_resnet, parallel
 from vit_jax.models_attention import ATTENTION_IMPLS, MultiHeadDotProductAttention
+from vit_jax.models_layers import LayerNorm, patch_conv
 from vit_jax.models_posemb import add_position_embedding
 from vit_jax.utils import to_pair
 
@@ -107,7 +108,7 @@ class Encoder1DBlock(nn.Module):
                 return drop_path(y, droppath_rate, self.make_rng("dropout"))
             return y
 
-        x = nn.LayerNorm(name="LayerNorm_0", **norm_kw)(inputs)
+        x = LayerNorm(name="LayerNorm_0", **norm_kw)(inputs)
         x, weights = MultiHeadDotProductAttention(
             num_heads=self.num_heads,
             dropout_rate=self.attention_dropout_rate,
@@ -121,7 +122,7 @@ class Encoder1DBlock(nn.Module):
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
         x = branch(x) + inputs
 
-        y = nn.LayerNorm(name="LayerNorm_1", **norm_kw)(x)
+        y = LayerNorm(name="LayerNorm_1", **norm_kw)(x)
         y = MlpBlock(
             mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate,
@@ -203,7 +204,7 @@ class Encoder(nn.Module):
         encoded = x
         if self.final_norm:
             norm_kw = dict(epsilon=self.layernorm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
-            encoded = nn.LayerNorm(name="encoder_norm", **norm_kw)(x)
+            encoded = LayerNorm(name="encoder_norm", **norm_kw)(x)
         if not return_intermediates:
             return encoded, None
         attention, tokens = aux
@@ -228,7 +229,7 @@ class MAPHead(nn.Module):
         x, _ = MultiHeadDotProductAttention(num_heads=self.num_heads, name="MultiHeadDotProductAttention_0", **kw)(
             probe, x
         )
-        y = nn.LayerNorm(name="LayerNorm_0", epsilon=self.layernorm_epsilon, **kw)(x)
+        y = LayerNorm(name="LayerNorm_0", epsilon=self.layernorm_epsilon, **kw)(x)
         mlp = MlpBlock(self.mlp_dim, dropout_rate=0.0, gelu_approximate=self.gelu_approximate, name="MlpBlock_0", **kw)
         x = x + mlp(y)
         return x[:, 0]
@@ -341,6 +342,7 @@ class VisionTransformer(nn.Module):
             padding="VALID",
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            conv_general_dilated=patch_conv,
             name="embedding",
         )(x)
         n, gh, gw, c = x.shape
@@ -352,7 +354,7 @@ class VisionTransformer(nn.Module):
             return x[:, 0]
         if self.classifier == "gap" and self.fc_norm:
             norm_kw = dict(epsilon=self.layernorm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
-            return nn.LayerNorm(name="fc_norm", **norm_kw)(jnp.mean(x, axis=1))
+            return LayerNorm(name="fc_norm", **norm_kw)(jnp.mean(x, axis=1))
         if self.classifier == "gap":
             return jnp.mean(x, axis=1)
         if self.classifier == "map":
