@@ -10,10 +10,12 @@ cd "$(dirname "$0")/.."
 base=$1 rounds=$2
 shift 2
 tree=$(mktemp -d)
-trap 'git worktree remove --force "$tree" >/dev/null 2>&1 || true' EXIT
+trap 'git worktree remove --force "$tree" >/dev/null 2>&1 || true; rm -f "$tree.err"' EXIT
 git worktree add --detach -q "$tree" "$base"
 run() {
-  (cd "$1" && python -m vit_jax.benchmark --json "${@:3}" 2>/dev/null | tail -1) | python -c "
+  local out
+  out=$(cd "$1" && python -m vit_jax.benchmark --json "${@:3}" 2>"$tree.err" | tail -1) || { cat "$tree.err" >&2; exit 1; }
+  echo "$out" | python -c "
 import json, sys
 r = json.load(sys.stdin)
 print('$2', f\"{r['step_ms']:.1f}\", f\"{r['step_ms_min']:.1f}\", f\"{r['images_per_s']:.0f}\", f\"{r['matmul_f32_gflops']:.0f}\")"
