@@ -177,6 +177,8 @@ def test_pretrained_start(tmp_path):
         "quickstart.py",
         "fashion_mnist.py",
         "mnist.py",
+        "mnist_augreg.py",
+        "cifar10_subset.py",
         "vit_b16.py",
         "vit.py:b16,cifar10",
         "vit.py:r50+b16,oxford_iiit_pet",
