@@ -481,12 +481,12 @@ def arg_parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument(
         "--dataset",
         default="fashion_mnist",
-        help="config.dataset: a directory (image folders or IDX files), a TFDS name, or digits "
-        "(default fashion_mnist, read from TFDS)",
+        help="config.dataset: a directory (image folders or IDX files), a TFDS name, or digits (default %(default)s)",
     )
     ap.add_argument(
         "--config",
-        help="base run config (default configs/ablation.py:digits for digits, else configs/ablation.py:fashion_mnist)",
+        help="base run config (default %(default)s; None: configs/ablation.py:digits for digits, else "
+        "configs/ablation.py:fashion_mnist)",
     )
     ap.add_argument("--seeds", type=int, help="seeds per cell (default 3; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="a reduced grid and fewer steps, for a check in minutes")
@@ -593,12 +593,16 @@ def experiment_main(
     describe: Callable[[Sweep, argparse.Namespace], str],
     report: Callable[[list[dict[str, Any]], str], Report],
     add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> int:
-    """The command line of one experiment: parse, run the grid, write the results."""
+    """The command line of one experiment: parse, run the grid, write the results. `defaults`
+    replaces the parser's defaults (e.g. {"config": ..., "dataset": ...}) for this experiment."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = arg_parser(doc)
     if add_args:
         add_args(ap)
+    if defaults:
+        ap.set_defaults(**defaults)
     args = ap.parse_args(argv)
     try:
         seeds = list(range(args.seeds or (1 if args.quick else 3)))

@@ -100,6 +100,53 @@ def test_sweep_layout_and_records(tmp_path):
     assert sw.read_record(runs[0], a) is None
 
 
+def test_augreg_arms_table_and_gains(tmp_path):
+    from experiments import augreg
+
+    # Every arm sets the same fields, each one the config has, with a value of the config's type.
+    recipe = config_lib.load_file(os.path.join(ROOT, augreg.DEFAULTS["config"]))
+    for arm in augreg.ARMS.values():
+        assert set(arm) == set(augreg.ARMS["none"])
+        for field, value in arm.items():
+            node = recipe
+            for part in field.split("."):
+                node = node[part]
+            assert type(node) is type(value), field
+    on = {
+        name: (a["pp.randaug.num_layers"] > 0, a["mixup.alpha"] > 0, a["ema_decay"] > 0)
+        for name, a in augreg.ARMS.items()
+    }
+    assert on == {
+        "none": (False, False, False),
+        "+RandAugment": (True, False, False),
+        "+Mixup": (False, True, False),
+        "+both": (True, True, False),
+        "+EMA": (True, True, True),
+    }
+    # Records as the sweep reads them back (override values as strings), two seeds per arm.
+    acc = {"none": (0.40, 0.42), "+RandAugment": (0.45, 0.44), "+Mixup": (0.41, 0.45), "+both": (0.47, 0.48)}
+    acc["+EMA"] = (0.50, 0.47)
+    records = [
+        {
+            "cell": sw.cell_key(augreg.ARMS[name]),
+            "overrides": {k: str(v) for k, v in augreg.ARMS[name].items()},
+            "seed": seed,
+            "accuracy": a,
+        }
+        for name, pair in acc.items()
+        for seed, a in enumerate(pair)
+    ]
+    table = augreg.report(records, str(tmp_path)).table
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "| 2, 10 | — | — | 44.50 ± 0.71 (2) | +3.50 over none |" in rows["+RandAugment"]  # (5 + 2) / 2
+    assert "+2.00 over none" in rows["+Mixup"]  # (1 + 3) / 2
+    assert "+1.00 over +both" in rows["+EMA"]  # (3 - 1) / 2
+    assert rows["none"].endswith("| 41.00 ± 1.41 (2) | — |")
+    assert (tmp_path / "augreg.png").exists()
+    with pytest.raises(ValueError, match="none of the arms"):
+        augreg.arm_of({"pp.randaug.num_layers": "0", "mixup.alpha": "0", "ema_decay": "0.9", "ema_warmup": "True"})
+
+
 # ----------------------------------------------------------------------------- quick mode
 
 
