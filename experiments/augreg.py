@@ -56,13 +56,21 @@ def cells(args) -> list[dict]:
     return [dict(overrides) for overrides in ARMS.values()]
 
 
+def _on(overrides: dict) -> tuple[bool, bool, bool]:
+    """Which of RandAugment, Mixup and EMA a cell's overrides switch on (values may be strings, as
+    the sweep records them)."""
+    return (
+        int(overrides["pp.randaug.num_layers"]) > 0,
+        float(overrides["mixup.alpha"]) > 0,
+        float(overrides["ema_decay"]) > 0,
+    )
+
+
 def arm_of(overrides: dict) -> str:
-    """The arm's name from a cell's overrides (as recorded: values may come back as strings)."""
-    randaug = int(overrides["pp.randaug.num_layers"]) > 0
-    mixup = float(overrides["mixup.alpha"]) > 0
-    ema = float(overrides["ema_decay"]) > 0
+    """The arm's name from a cell's overrides."""
+    on = _on(overrides)
     for name, arm in ARMS.items():
-        if (arm["pp.randaug.num_layers"] > 0, arm["mixup.alpha"] > 0, arm["ema_decay"] > 0) == (randaug, mixup, ema):
+        if _on(arm) == on:
             return name
     raise ValueError(f"overrides {overrides} are none of the arms {list(ARMS)}")
 
@@ -101,25 +109,9 @@ def report(records, outdir: str) -> sw.Report:
                 gain = f"{100 * diff:+.2f} over {base}"
         lines.append(f"| {name} | " + " | ".join(marks) + f" | {sw.pct(stats[name])} | {gain} |")
     plot = "augreg.png"
-    _plot(stats, os.path.join(outdir, plot))
+    arms = {a: stats[a] for a in ARMS if a in stats}
+    sw.accuracy_bars(arms, os.path.join(outdir, plot), title="Small-data recipe: what each ingredient adds")
     return sw.Report("\n".join(lines), plot)
-
-
-def _plot(stats, path: str) -> None:
-    arms = [a for a in ARMS if a in stats]
-    fig, ax = sw.pyplot().subplots(figsize=(5.5, 3.6))
-    means = [100 * stats[a]["mean"] for a in arms]
-    errs = [sw.std_pct(stats[a]) for a in arms]
-    ax.bar(range(len(arms)), means, yerr=errs, capsize=4, color=["#999999"] + ["#4477aa"] * (len(arms) - 1))
-    ax.set_xticks(range(len(arms)), arms, rotation=20, ha="right")
-    lo = min(m - e for m, e in zip(means, errs, strict=True))
-    hi = max(m + e for m, e in zip(means, errs, strict=True))
-    pad = max(0.5, 0.15 * (hi - lo))
-    ax.set_ylim(lo - pad, hi + pad)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Small-data recipe: what each ingredient adds")
-    ax.grid(axis="y", alpha=0.3)
-    sw.save_figure(fig, path)
 
 
 def describe(sweep: sw.Sweep, args) -> str:

@@ -65,24 +65,8 @@ def report(records, outdir: str) -> sw.Report:
                 f"spread between the embeddings: {spread:.2f} points (paper: 0.2).",
             ]
     plot = "posemb.png"
-    _plot(stats, kinds, os.path.join(outdir, plot))
+    sw.accuracy_bars({LABELS[k]: stats[k] for k in kinds}, os.path.join(outdir, plot), title="Position embeddings")
     return sw.Report("\n".join(lines), plot)
-
-
-def _plot(stats, kinds, path: str) -> None:
-    fig, ax = sw.pyplot().subplots(figsize=(5.5, 3.6))
-    means = [100 * stats[k]["mean"] for k in kinds]
-    errs = [sw.std_pct(stats[k]) for k in kinds]
-    ax.bar(range(len(kinds)), means, yerr=errs, capsize=4, color=["#999999"] + ["#4477aa"] * (len(kinds) - 1))
-    ax.set_xticks(range(len(kinds)), [LABELS[k] for k in kinds], rotation=20, ha="right")
-    lo = min(m - e for m, e in zip(means, errs, strict=True))
-    hi = max(m + e for m, e in zip(means, errs, strict=True))
-    pad = max(0.5, 0.15 * (hi - lo))
-    ax.set_ylim(lo - pad, hi + pad)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Position embeddings")
-    ax.grid(axis="y", alpha=0.3)
-    sw.save_figure(fig, path)
 
 
 def describe(sweep: sw.Sweep, args) -> str:

@@ -407,6 +407,25 @@ def accuracy_plot(series: dict[str, list[tuple[float, dict[str, Any]]]], path: s
     save_figure(fig, path)
 
 
+def accuracy_bars(bars: dict[str, dict[str, Any]], path: str, *, title: str) -> None:
+    """Accuracy (mean, error bar one standard deviation) as one bar per label, the first in grey (the
+    reference), the y axis zoomed onto the bars' range."""
+    labels = list(bars)
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.6))
+    means = [100 * bars[k]["mean"] for k in labels]
+    errs = [std_pct(bars[k]) for k in labels]
+    ax.bar(range(len(labels)), means, yerr=errs, capsize=4, color=["#999999"] + ["#4477aa"] * (len(labels) - 1))
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    lo = min(m - e for m, e in zip(means, errs, strict=True))
+    hi = max(m + e for m, e in zip(means, errs, strict=True))
+    pad = max(0.5, 0.15 * (hi - lo))
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    save_figure(fig, path)
+
+
 @dataclasses.dataclass
 class Report:
     """What an experiment writes: its table (markdown), and the plot it drew."""
