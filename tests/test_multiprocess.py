@@ -275,6 +275,28 @@ def test_mesh_shapes_and_their_errors():
             parallel.mesh_shape(spec, 8)
 
 
+def test_which_meshes_run_one_program_at_a_time():
+    """Several CPU devices in this process: the loops wait for each step (XLA's CPU all-reduce can
+    hang when steps overlap; experiments/cpu_collective_hang.py). Anything else keeps async dispatch."""
+    from types import SimpleNamespace as NS
+
+    import jax
+
+    from vit_jax import parallel
+
+    me = jax.process_index()
+
+    def mesh(*devices):
+        return NS(devices=np.array([NS(platform=p, process_index=i) for p, i in devices], dtype=object))
+
+    assert parallel.one_program_at_a_time(mesh(("cpu", me), ("cpu", me)))
+    assert parallel.one_program_at_a_time(mesh(("cpu", me), ("cpu", me), ("cpu", me + 1), ("cpu", me + 1)))
+    assert not parallel.one_program_at_a_time(mesh(("cpu", me)))  # one device: no all-reduce here
+    assert not parallel.one_program_at_a_time(mesh(("cpu", me), ("cpu", me + 1)))  # one per process
+    assert not parallel.one_program_at_a_time(mesh(("gpu", me), ("gpu", me)))
+    assert not parallel.one_program_at_a_time(parallel.make_mesh())  # this test process: one CPU device
+
+
 def test_fsdp_spec_by_hand():
     from jax.sharding import PartitionSpec as P
 

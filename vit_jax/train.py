@@ -302,6 +302,7 @@ def build(config, num_classes: int, steps: int, mesh=None) -> Program:
 def evaluate(eval_step, params, source, batch_size: int, sharding) -> dict[str, float]:
     """Accuracy and loss over every example of `source` once (padded, masked batches)."""
     totals = None
+    wait = parallel.one_program_at_a_time(sharding.mesh)
     for local in source.eval_batches(
         batch=batch_size,
         process_index=jax.process_index(),
@@ -310,6 +311,8 @@ def evaluate(eval_step, params, source, batch_size: int, sharding) -> dict[str, 
     ):
         out = eval_step(params, parallel.global_batch(local, sharding))
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+        if wait:
+            jax.block_until_ready(totals)
     totals = jax.device_get(totals)
     count = int(totals["count"])
     return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss"]) / count, "count": count}
@@ -527,12 +530,15 @@ def train_loop(config, prog, state, source, steps: int, stop, ckpts, writer, eva
     t_start = t_last = time.perf_counter()
     step_last = saved = start
     next_batch = parallel.global_batch(next(batches), prog.data_sharding) if start < steps else None
+    wait = parallel.one_program_at_a_time(prog.mesh)
     stop.stop_early()
     for step in range(start + 1, steps + 1):
         state, out = prog.train_step(state, next_batch, base_rng)
         pending.add(step, out)
         if step < steps:  # prepare the next batch while the device computes
             next_batch = parallel.global_batch(next(batches), prog.data_sharding)
+        if wait:
+            jax.block_until_ready(state)
         if itstime(step, config.progress_every, steps):
             pending.fetch()
             now = time.perf_counter()
