@@ -228,9 +228,9 @@ def one_program_at_a_time(mesh) -> bool:
     """True when this process drives several CPU devices of `mesh` (XLA_FLAGS
     --xla_force_host_platform_device_count): the loops then wait for each step to finish before
     starting the next. XLA's CPU runtime (JAX 0.10.2) can stop for good in an all-reduce when a
-    program with several all-reduces is started while the previous one still runs on one of the
-    devices (9 of 10 runs of experiments/cpu_collective_hang.py's pattern; none of 10 with the
-    wait). Accelerators, and one device per process, keep asynchronous dispatch."""
+    program with all-reduces is started while the previous one still runs (13 of 20 runs of
+    experiments/cpu_collective_hang.py aborted; none of 20 with the wait). Accelerators, and one
+    device per process, keep asynchronous dispatch."""
     here = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     return len(here) > 1 and all(d.platform == "cpu" for d in here)
 
