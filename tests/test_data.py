@@ -107,6 +107,30 @@ def test_digits_split_is_deterministic_and_disjoint():
     assert sum(im.tobytes() in flat for im in test.images) < 5
 
 
+def test_digits_are_scikit_learns_read_from_its_file():
+    """The file read directly holds what `sklearn.datasets.load_digits` returns, image for image."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    scaled = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    expected = sorted((im.tobytes(), int(y)) for im, y in zip(scaled, d.target, strict=True))
+    got = []
+    for split in ("train", "test"):
+        source = input_pipeline.load_digits(split)
+        assert source.images.dtype == np.uint8 and source.labels.dtype == np.int32
+        got += [(im[..., 0].tobytes(), int(y)) for im, y in zip(source.images, source.labels, strict=True)]
+    assert sorted(got) == expected
+
+
+def test_digits_without_scikit_learn_is_one_message(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    with pytest.raises(input_pipeline.DataError, match="comes with scikit-learn"):
+        input_pipeline.load_digits("train")
+
+
 def make_folder(root, spec):
     """spec: {split: {class: [PIL image, ...]}} -> files on disk."""
     for split, classes in spec.items():
