@@ -11,9 +11,11 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# One XLA compilation cache for the session, shared by this process and the training runs
-# the tests start as subprocesses: the many runs of the same tiny models compile once.
-# A cached program is the same executable, so results are bitwise those of a fresh compile.
+# One XLA compilation cache for the session, shared by this process, the training runs the
+# tests start as subprocesses and, under xdist, both workers (the controller loads this file
+# first and the workers inherit its environment): the many runs of the same tiny models
+# compile once. A cached program is the same executable, so results are bitwise those of a
+# fresh compile.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="vit_jax_test_xla_cache_")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
@@ -28,6 +30,40 @@ import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get("VIT_JAX_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+
+
+# Seconds each test file takes, summed over its tests (`python -m pytest -q --durations=0`,
+# 2026-12-03). Under `--dist loadfile --no-loadscope-reorder` the workers take files in
+# collection order, so the longest go first and the short ones fill in at the end
+# (longest-processing-time-first scheduling); a file not listed goes last.
+FILE_SECONDS = {
+    "test_multiprocess.py": 204,
+    "test_models.py": 159,
+    "test_experiments.py": 158,
+    "test_faults.py": 94,
+    "test_models_layers.py": 94,
+    "test_train.py": 80,
+    "test_benchmark.py": 77,
+    "test_checkpoint.py": 74,
+    "test_original_notebooks.py": 67,
+    "test_original_api.py": 42,
+    "test_augreg.py": 40,
+    "test_pretrained.py": 26,
+    "test_original_configs.py": 25,
+    "test_augment.py": 25,
+    "test_analysis.py": 22,
+    "test_original_data.py": 19,
+    "test_optimizer.py": 15,
+    "test_fewshot.py": 12,
+    "test_evaluators.py": 10,
+    "test_data.py": 9,
+    "test_tfds.py": 8,
+}
+
+
+def pytest_collection_modifyitems(items):
+    # A stable sort: the tests of each file keep their order.
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))
 
 
 def tiny_config(**overrides):
