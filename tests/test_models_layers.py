@@ -13,7 +13,7 @@ from conftest import perturb, tiny_config
 
 from vit_jax import models
 from vit_jax.models_attention import MultiHeadDotProductAttention
-from vit_jax.models_layers import LayerNorm, layer_norm, patch_conv, self_attention
+from vit_jax.models_layers import LayerNorm, layer_norm, patch_conv, self_attention, window_conv
 
 
 def _normal(seed, shape, scale=1.0, shift=0.0):
@@ -112,6 +112,84 @@ def test_other_convolutions_are_left_to_lax():
         np.testing.assert_array_equal(ours.apply(params, x), plain.apply(params, x))
         ct = _normal(2, plain.apply(params, x).shape)
         _assert_trees_close(_grads(ours, params, x, ct), _grads(plain, params, x, ct), 0.0)
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,stride,padding",
+    [
+        ((2, 28, 28, 1), 7, 2, "SAME"),  # the hybrid's root on a 1-channel image
+        ((2, 32, 32, 3), 7, 2, "SAME"),
+        ((2, 9, 11, 3), 3, 2, "VALID"),
+        ((2, 10, 10, 2), 3, 2, ((1, 2), (0, 1))),
+        ((2, 7, 7, 8), 3, 1, "SAME"),  # a bottleneck's 3x3
+        ((2, 7, 7, 8), 1, 1, "VALID"),  # and its 1x1 convolutions
+        ((2, 8, 8, 8), 1, 2, "VALID"),  # a strided projection
+    ],
+)
+def test_window_conv_forward_is_lax_bitwise_and_gradients_agree(shape, kernel, stride, padding):
+    x = _normal(0, shape)
+    kw = dict(strides=(stride, stride), padding=padding, use_bias=False)
+    ours = nn.Conv(8, (kernel, kernel), conv_general_dilated=window_conv, **kw)
+    plain = nn.Conv(8, (kernel, kernel), **kw)
+    params = plain.init(jax.random.PRNGKey(1), x)
+    np.testing.assert_array_equal(jax.jit(ours.apply)(params, x), jax.jit(plain.apply)(params, x))
+    ct = _normal(2, plain.apply(params, x).shape)
+    (gk, gx), (rk, rx) = _grads(ours, params, x, ct), _grads(plain, params, x, ct)
+    _assert_trees_close(gk, rk, 1e-5)
+    _assert_trees_close(gx, rx, 0.0)  # the input gradient is lax's own transpose
+
+
+@pytest.mark.parametrize(
+    "padding,pixel,window",
+    [
+        # 5x5 input holding 5 * row + col, 3x3 kernel, stride 2. VALID: output (1, 0) sees rows
+        # 2-4 and columns 0-2. SAME pads one row and column on each side: output (0, 0) sees
+        # rows and columns -1 to 1, the first of each being padding.
+        ("VALID", (1, 0), [[10, 11, 12], [15, 16, 17], [20, 21, 22]]),
+        ("SAME", (0, 0), [[0, 0, 0], [0, 0, 1], [0, 5, 6]]),
+    ],
+)
+def test_window_conv_kernel_gradient_by_hand(padding, pixel, window):
+    x = jnp.arange(25, dtype=jnp.float32).reshape(1, 5, 5, 1)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def pick(k):  # one output pixel with cotangent 1: dL/dkernel is that pixel's window
+        return window_conv(x, k, (2, 2), padding, dimension_numbers=dn)[0, pixel[0], pixel[1], 0]
+
+    g = jax.grad(pick)(jnp.ones((3, 3, 1, 1)))
+    np.testing.assert_array_equal(g[..., 0, 0], np.array(window, np.float32))
+
+
+def test_window_conv_leaves_dilated_and_grouped_convolutions_to_lax():
+    x = _normal(0, (2, 9, 9, 4))
+    for kw in (dict(kernel_dilation=(2, 2)), dict(feature_group_count=2), dict(input_dilation=(2, 2))):
+        ours, plain = (
+            nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=c, **kw) for c in (window_conv, None)
+        )
+        params = plain.init(jax.random.PRNGKey(1), x)
+        ct = _normal(2, plain.apply(params, x).shape)
+        _assert_trees_close(_grads(ours, params, x, ct), _grads(plain, params, x, ct), 0.0)
+
+
+def test_hybrid_gradients_agree_with_lax_convolutions(monkeypatch):
+    # The root and one bottleneck unit: every kind of convolution of the stem (7x7 strided,
+    # 3x3, 1x1, the projection), each with its kernel gradient through window_conv.
+    cfg = tiny_config(patches={"size": (1, 1)}, resnet=dict(num_layers=(1,), width_factor=0.5))
+    model = models.VisionTransformer(num_classes=5, **cfg)
+    images = _normal(0, (2, 16, 16, 3))
+    params = perturb(model.init(jax.random.PRNGKey(0), images, train=False)["params"], scale=0.2)
+
+    def value_and_grad():
+        f = lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, images, train=False)))  # noqa: E731
+        return jax.jit(jax.value_and_grad(f))(params)
+
+    value, grads = value_and_grad()
+    from vit_jax import models_resnet
+
+    monkeypatch.setattr(models_resnet, "window_conv", jax.lax.conv_general_dilated)
+    ref_value, ref_grads = value_and_grad()
+    assert value == ref_value
+    _assert_trees_close(grads, ref_grads, 1e-5)
 
 
 def test_self_attention_is_the_autodiff_path_forward_bitwise_and_backward_close():

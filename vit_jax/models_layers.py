@@ -1,4 +1,4 @@
-"""LayerNorm and the patch-embedding convolution, with hand-written gradients.
+"""LayerNorm, attention and the convolutions, with hand-written gradients.
 
 `LayerNorm` replaces `nn.LayerNorm`, and `patch_conv` is handed to `nn.Conv` as its
 convolution. Both compute exactly what Flax computes in the forward pass (the same operations
@@ -8,7 +8,8 @@ differs. Autodiff of Flax's LayerNorm goes through its E[x^2] - E[x]^2 statistic
 as many small reductions, and XLA's CPU backend computes a strided convolution's kernel
 gradient as a dilated convolution; here they are a few fused element-wise passes and one
 matmul (`BENCHMARKS.md`, "Small models"). `self_attention` is the same for the core of
-attention. Gradients agree with autodiff to float32 rounding (tests/test_models_layers.py).
+attention, and `window_conv` for the kernel gradients of the hybrid's ResNet stem on CPU.
+Gradients agree with autodiff to float32 rounding (tests/test_models_layers.py).
 """
 
 import functools
@@ -138,6 +139,90 @@ def _patch_conv_bwd(strides, kw, res, g):
 
 
 _patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
+
+
+def window_conv(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    *,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+):
+    """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)` whose kernel gradient
+    is one matmul over explicitly gathered windows (NHWC, HWIO, no dilation, one group, on the
+    CPU backend); any other convolution, or any on another backend, goes to lax unchanged.
+
+    The hybrid's ResNet stem uses it. XLA's CPU backend computes a convolution's kernel gradient
+    as a convolution over the whole feature map with batch and features swapped, which ran 20
+    to 50 times slower than the forward convolution at the Fashion-MNIST hybrid's sizes
+    (BENCHMARKS.md, "The hybrid's stem"). The forward pass and the input gradient are lax's
+    own; only the kernel gradient is computed differently (the same sum in another order).
+    The gathered windows hold
+    (kh * kw) / (sh * sw) times the input, so accelerators, whose convolutions have no such
+    problem, keep lax's gradient.
+    """
+    kw = dict(
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        precision=precision,
+    )
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    windows = (
+        jax.default_backend() == "cpu"
+        and all(d in (None, 1) for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+        and feature_group_count == 1
+        and dn == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    )
+    if not windows:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kw)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    pads = tuple(tuple(int(v) for v in p) for p in padding)
+    return _window_conv(lhs, rhs, tuple(window_strides), pads, tuple(sorted(kw.items())))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _window_conv(x, kernel, strides, pads, kw):
+    return lax.conv_general_dilated(x, kernel, strides, pads, **dict(kw))
+
+
+def _window_conv_fwd(x, kernel, strides, pads, kw):
+    return _window_conv(x, kernel, strides, pads, kw), (x, kernel)
+
+
+def _window_conv_bwd(strides, pads, kw, res, g):
+    x, kernel = res
+    kh, kw_, c, d = kernel.shape
+    n, ho, wo, _ = g.shape
+    sh, sw = strides
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    # Window (i, j) of every output pixel: the padded input from (i, j) on, every stride-th row
+    # and column. Stacked as (N, Ho, Wo, kh, kw, C), each row is one output pixel's receptive
+    # field in the kernel's (kh, kw, C) order, so the kernel gradient is one matmul.
+    windows = jnp.stack(
+        [
+            lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+            for i in range(kh)
+            for j in range(kw_)
+        ],
+        axis=3,
+    ).reshape(-1, kh * kw_ * c)
+    dkernel = (windows.T @ g.reshape(-1, d)).reshape(kernel.shape)
+    # The input gradient is lax's own transpose of the convolution (dropped by XLA when, as for
+    # the stem's first convolution, nothing asks for it).
+    _, vjp_x = jax.vjp(lambda x: lax.conv_general_dilated(x, kernel, strides, pads, **dict(kw)), x)
+    (dx,) = vjp_x(g)
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_window_conv.defvjp(_window_conv_fwd, _window_conv_bwd)
 
 
 def _attention_forward(qkv):

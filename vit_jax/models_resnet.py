@@ -16,6 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vit_jax.models_layers import window_conv
+
 Dtype = Any
 
 
@@ -33,6 +35,9 @@ def weight_standardize(w, axis, eps: float, eps_in_sqrt: bool = False):
 
 class StdConv(nn.Conv):
     """Convolution with weight standardization.
+
+    The stem builds each one with `conv_general_dilated=window_conv`: lax's convolution with
+    the kernel gradient as one matmul on the CPU backend (models_layers.window_conv).
 
     The kernel is standardised where the conv fetches it, so the layer keeps the
     plain `kernel` parameter of `nn.Conv` (no extra state) and checkpoints store the
@@ -70,6 +75,7 @@ class ResidualUnit(nn.Module):
             param_dtype=self.param_dtype,
             ws_epsilon=num["ws_epsilon"],
             ws_epsilon_in_sqrt=num["ws_epsilon_in_sqrt"],
+            conv_general_dilated=window_conv,
             name=name,
         )
         norm = lambda name, **kw: nn.GroupNorm(  # noqa: E731
@@ -135,6 +141,7 @@ def apply_stem(x, num_layers: Sequence[int], resnet: dict, dtype, param_dtype):
         ws_epsilon=num["ws_epsilon"],
         ws_epsilon_in_sqrt=num["ws_epsilon_in_sqrt"],
         name="conv_root",
+        conv_general_dilated=window_conv,
         **kw,
     )(x)
     x = nn.GroupNorm(epsilon=num["gn_epsilon"], name="gn_root", **kw)(x)
