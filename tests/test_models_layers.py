@@ -27,6 +27,13 @@ def _grads(module, params, x, cotangent):
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
 
 
+def _model_value_and_grads(model, params, images):
+    """A scalar of a whole model's logits and its gradient, compiled afresh at each call (so a
+    monkeypatched layer takes effect)."""
+    f = lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, images, train=False)))  # noqa: E731
+    return jax.jit(jax.value_and_grad(f))(params)
+
+
 def _assert_trees_close(a, b, tol):
     """Leaf by leaf, within `tol` of the largest reference gradient: some leaves are zero
     in exact arithmetic (a key bias does not change a softmax) and hold rounding only."""
@@ -179,15 +186,11 @@ def test_hybrid_gradients_agree_with_lax_convolutions(monkeypatch):
     images = _normal(0, (2, 16, 16, 3))
     params = perturb(model.init(jax.random.PRNGKey(0), images, train=False)["params"], scale=0.2)
 
-    def value_and_grad():
-        f = lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, images, train=False)))  # noqa: E731
-        return jax.jit(jax.value_and_grad(f))(params)
-
-    value, grads = value_and_grad()
+    value, grads = _model_value_and_grads(model, params, images)
     from vit_jax import models_resnet
 
     monkeypatch.setattr(models_resnet, "window_conv", jax.lax.conv_general_dilated)
-    ref_value, ref_grads = value_and_grad()
+    ref_value, ref_grads = _model_value_and_grads(model, params, images)
     assert value == ref_value
     _assert_trees_close(grads, ref_grads, 1e-5)
 
@@ -237,17 +240,13 @@ def test_vit_gradients_agree_with_flax_layers(overrides, monkeypatch):
     images = _normal(0, (2, 32, 32, 3))
     params = perturb(model.init(jax.random.PRNGKey(0), images, train=False)["params"], scale=0.2)
 
-    def value_and_grad():
-        f = lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, images, train=False)))  # noqa: E731
-        return jax.jit(jax.value_and_grad(f))(params)
-
-    value, grads = value_and_grad()
+    value, grads = _model_value_and_grads(model, params, images)
     # The same model built from Flax's own LayerNorm and convolution and autodiff attention.
     from vit_jax import models_attention, models_layers, models_vit
 
     monkeypatch.setattr(models_vit, "LayerNorm", nn.LayerNorm)
     monkeypatch.setattr(models_vit, "patch_conv", jax.lax.conv_general_dilated)
     monkeypatch.setattr(models_attention, "self_attention", lambda qkv: models_layers._attention_forward(qkv)[0])
-    ref_value, ref_grads = value_and_grad()
+    ref_value, ref_grads = _model_value_and_grads(model, params, images)
     assert value == ref_value
     _assert_trees_close(grads, ref_grads, 1e-5)

@@ -77,35 +77,26 @@ class LayerNorm(nn.Module):
         return y.astype(dtype)
 
 
-def patch_conv(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    *,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    precision=None,
-):
-    """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)` when the convolution
-    cuts the image into patches (stride equal to the kernel size, VALID, no dilation, NHWC);
-    any other convolution goes to lax unchanged."""
-    kw = dict(
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        precision=precision,
+def _plain_nhwc(lhs, rhs, kw) -> bool:
+    """Whether lax.conv_general_dilated's keyword arguments `kw` ask for the convolution the
+    hand-written gradients handle: NHWC input, HWIO kernel, no dilation, one group."""
+    dilations = tuple(kw.get("lhs_dilation") or ()) + tuple(kw.get("rhs_dilation") or ())
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    return (
+        all(d == 1 for d in dilations)
+        and kw.get("feature_group_count", 1) == 1
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, kw.get("dimension_numbers")) == nhwc
     )
-    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+
+
+def patch_conv(lhs, rhs, window_strides, padding, **kw):
+    """`lax.conv_general_dilated` (same arguments) for `nn.Conv(conv_general_dilated=...)` when
+    the convolution cuts the image into patches (stride equal to the kernel size, VALID, no
+    dilation, NHWC); any other convolution goes to lax unchanged."""
     patches = (
         tuple(window_strides) == tuple(rhs.shape[:2])
         and padding == "VALID"
-        and all(d in (None, 1) for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
-        and feature_group_count == 1
-        and dn == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+        and _plain_nhwc(lhs, rhs, kw)
         and lhs.shape[1] % rhs.shape[0] == 0
         and lhs.shape[2] % rhs.shape[1] == 0
     )
@@ -141,45 +132,21 @@ def _patch_conv_bwd(strides, kw, res, g):
 _patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
 
 
-def window_conv(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    *,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    precision=None,
-):
-    """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)` whose kernel gradient
-    is one matmul over explicitly gathered windows (NHWC, HWIO, no dilation, one group, on the
-    CPU backend); any other convolution, or any on another backend, goes to lax unchanged.
+def window_conv(lhs, rhs, window_strides, padding, **kw):
+    """`lax.conv_general_dilated` (same arguments) for `nn.Conv(conv_general_dilated=...)` whose
+    kernel gradient is one matmul over explicitly gathered windows (NHWC, HWIO, no dilation,
+    one group, on the CPU backend); any other convolution, or any on another backend, goes to
+    lax unchanged.
 
     The hybrid's ResNet stem uses it. XLA's CPU backend computes a convolution's kernel gradient
     as a convolution over the whole feature map with batch and features swapped, which ran 20
     to 50 times slower than the forward convolution at the Fashion-MNIST hybrid's sizes
     (BENCHMARKS.md, "The hybrid's stem"). The forward pass and the input gradient are lax's
     own; only the kernel gradient is computed differently (the same sum in another order).
-    The gathered windows hold
-    (kh * kw) / (sh * sw) times the input, so accelerators, whose convolutions have no such
-    problem, keep lax's gradient.
+    The gathered windows hold (kh * kw) / (sh * sw) times the input, so accelerators, whose
+    convolutions have no such problem, keep lax's gradient.
     """
-    kw = dict(
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        precision=precision,
-    )
-    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    windows = (
-        jax.default_backend() == "cpu"
-        and all(d in (None, 1) for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
-        and feature_group_count == 1
-        and dn == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    )
+    windows = jax.default_backend() == "cpu" and _plain_nhwc(lhs, rhs, kw)
     if not windows:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kw)
     if isinstance(padding, str):
