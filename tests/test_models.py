@@ -410,20 +410,22 @@ def test_bfloat16_compute_with_float32_params(images):
     f32 = models.VisionTransformer(num_classes=3, **cfg)
     bf16 = models.VisionTransformer(num_classes=3, dtype=jnp.bfloat16, **cfg)
     p = perturb(init(f32, images))
-    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(init(bf16, images)))
-    logits, out = bf16.apply({"params": p}, images, return_intermediates=True)
+    # Jitted: op by op, bfloat16's many small programs take seconds each to compile on CPU.
+    bf16_params = jax.jit(lambda: bf16.init(jax.random.PRNGKey(0), images, train=False)["params"])()
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(bf16_params))
+    logits, out = jax.jit(lambda q: bf16.apply({"params": q}, images, return_intermediates=True))(p)
     assert logits.dtype == jnp.bfloat16 and out["tokens"].dtype == jnp.bfloat16
     assert rel_err(logits, f32.apply({"params": p}, images)) < 3e-2
-    grads = jax.grad(lambda q: bf16.apply({"params": q}, images).astype(jnp.float32).sum())(p)
+    grads = jax.jit(jax.grad(lambda q: bf16.apply({"params": q}, images).astype(jnp.float32).sum()))(p)
     assert all(g.dtype == jnp.float32 and np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
 def test_bfloat16_hybrid_and_param_dtype():
     x = np.zeros((1, 16, 16, 3), np.float32)
     model = models.VisionTransformer(num_classes=2, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, **hybrid_config())
-    p = init(model, x)
+    p = jax.jit(lambda: model.init(jax.random.PRNGKey(0), x, train=False)["params"])()  # jitted, as above
     assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(p))
-    assert model.apply({"params": p}, x).dtype == jnp.bfloat16
+    assert jax.jit(lambda q: model.apply({"params": q}, x))(p).dtype == jnp.bfloat16
 
 
 def test_droppath_only_in_training(images):
