@@ -26,6 +26,10 @@ EVERYTHING = {
     "optim.layer_decay": 0.8,
     "optim.wd_convention": "augreg",
     "optim.weight_decay": 0.1,
+    "model.patch_drop_rate": 0.25,
+    "full_token_steps": 5,
+    "tta.flip": True,
+    "tta.shift": 1,
     "total_steps": 20,
 }
 
@@ -116,6 +120,24 @@ def test_every_option_on_resumes_bitwise_and_exports_the_average(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, resumed, exported)
 
 
+def test_full_token_steps_train_on_every_patch(tmp_path):
+    """Patch dropout ended for all 6 steps is the run without it, bit for bit; ended for the last 3
+    it is neither that run nor the run that drops patches throughout."""
+    runs = {}
+    for name, overrides in {
+        "plain": {},
+        "all_full": {"model.patch_drop_rate": 0.5, "full_token_steps": 6},
+        "tail_full": {"model.patch_drop_rate": 0.5, "full_token_steps": 3},
+        "dropping": {"model.patch_drop_rate": 0.5},
+    }.items():
+        config = tiny_run_config(total_steps=6, eval_every=6, checkpoint_every=6, progress_every=6, **overrides)
+        train.train_and_evaluate(config, str(tmp_path / name))
+        runs[name] = checkpoint.load(str(tmp_path / name / "model.npz"))
+    jax.tree.map(np.testing.assert_array_equal, runs["all_full"], runs["plain"])
+    for other in ("plain", "dropping"):
+        assert not np.array_equal(runs["tail_full"]["head"]["kernel"], runs[other]["head"]["kernel"])
+
+
 @pytest.mark.parametrize(
     "field, value, expected",
     [
@@ -126,6 +148,9 @@ def test_every_option_on_resumes_bitwise_and_exports_the_average(tmp_path):
         ("ema_decay", 1.0, "config.ema_decay=1.0: use 0 (off) or a rate below 1"),
         ("pp.randaug.num_layers", -1, "config.pp.randaug.num_layers=-1: use 0 (off) or more"),
         ("pp.pad", -2, "config.pp.pad=-2: use 0 or more pixels"),
+        ("tta.shift", -1, "config.tta.shift=-1: use 0 (no translations) or more pixels"),
+        ("model.patch_drop_rate", 1.0, "config.model.patch_drop_rate=1.0: use a rate from 0 up to"),
+        ("full_token_steps", 100, "config.full_token_steps=100: use 0, or set config.model.patch_drop_rate"),
     ],
 )
 def test_bad_values_name_the_field_and_the_fix(field, value, expected):

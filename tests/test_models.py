@@ -1,6 +1,8 @@
 """Model tests: numerics against an independent NumPy forward, hand-computed values,
 every option against the plain model, and the parameter-count table."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -454,6 +456,57 @@ def test_droppath_drops_whole_samples():
     assert set(np.unique(per_sample)).issubset({0.0, np.float32(1 / 0.75)})
     assert np.all(np.asarray(y) == per_sample[:, None, None])
     assert 0.2 < np.mean(per_sample == 0) < 0.3
+
+
+def test_patch_dropout_keeps_a_random_subset_of_the_patch_tokens():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 13, 2)), jnp.float32)  # 1 prefix + 12 patches
+    y = np.asarray(models_vit.patch_dropout(x, 0.25, 1, jax.random.PRNGKey(0)))
+    assert y.shape == (3, 1 + 9, 2)
+    np.testing.assert_array_equal(y[:, 0], np.asarray(x[:, 0]))  # the cls token is never dropped
+    kept = []
+    for b in range(3):
+        rows = [int(np.flatnonzero((np.asarray(x[b, 1:]) == t).all(-1))[0]) for t in y[b, 1:]]
+        assert len(set(rows)) == 9  # distinct tokens of this example, copied unchanged
+        kept.append(frozenset(rows))
+    assert len(set(kept)) > 1  # each example draws its own subset
+    # Every patch is kept with probability 3/4 over many keys.
+    counts = np.zeros(12)
+    for k in range(400):
+        z = np.asarray(models_vit.patch_dropout(x[:1], 0.25, 1, jax.random.PRNGKey(k)))
+        counts += [(z[0, 1:] == np.asarray(x[0, 1 + i])).all(-1).any() for i in range(12)]
+    assert np.all(np.abs(counts / 400 - 0.75) < 0.08), counts / 400
+
+
+def test_patch_dropout_is_the_model_on_the_kept_patches_alone():
+    """Without position embeddings the cls token cannot tell where a patch was, so a model that keeps
+    4 of 16 patches must give the logits of the plain model on some 2x2 image of 4 of those patches."""
+    cfg = tiny_config(posemb="none")
+    plain = models.VisionTransformer(num_classes=3, **cfg)
+    dropping = models.VisionTransformer(num_classes=3, patch_drop_rate=0.75, **cfg)
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    p = perturb(init(plain, x))
+    np.testing.assert_array_equal(dropping.apply({"params": p}, x), plain.apply({"params": p}, x))  # not in eval
+    key = {"dropout": jax.random.PRNGKey(4)}
+    logits = np.asarray(dropping.apply({"params": p}, x, train=True, rngs=key))
+    _, out = dropping.apply({"params": p}, x, train=True, rngs=key, return_intermediates=True)
+    assert out["tokens"].shape[2] == 1 + 4
+    patches = x.reshape(2, 4, 4, 4, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 16, 4, 4, 3)
+    subsets = np.array(list(itertools.combinations(range(16), 4)))  # 1,820 ways to keep 4
+    for b in range(2):
+        tiles = patches[b][subsets]  # (1820, 4, 4, 4, 3) -> 2x2 images of 8x8
+        small = tiles.reshape(-1, 2, 2, 4, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(-1, 8, 8, 3)
+        every = np.asarray(jax.jit(lambda q, v: plain.apply({"params": q}, v))(p, small))
+        close = np.flatnonzero(np.abs(every - logits[b]).max(-1) < 1e-5)
+        assert len(close) == 1, close  # exactly one subset of 4 patches gives these logits
+
+
+def test_patch_dropout_needs_the_grid_free_position_embeddings(images):
+    model = models.VisionTransformer(num_classes=3, patch_drop_rate=0.5, **tiny_config(posemb="relative"))
+    with pytest.raises(ValueError, match="patch_drop_rate with posemb='relative'"):
+        model.init(jax.random.PRNGKey(0), images)
+    bad = models.VisionTransformer(num_classes=3, patch_drop_rate=1.0, **tiny_config())
+    with pytest.raises(ValueError, match="patch_drop_rate=1.0: use a rate from 0 up to"):
+        bad.init(jax.random.PRNGKey(0), images)
 
 
 def test_dropout_keys_differ_per_call(images):

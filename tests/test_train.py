@@ -141,6 +141,63 @@ def test_evaluation_counts_every_example_once():
     assert len(masks) == 6 and sum(m.sum() for m in masks) == 359 and masks[-1].sum() == 39
 
 
+def test_test_time_views_by_hand():
+    assert preprocess.tta_views(False, 0) == [(0, 0, 0)]
+    assert preprocess.tta_views(True, 0) == [(0, 0, 0), (1, 0, 0)]
+    views = preprocess.tta_views(True, 1)
+    assert len(views) == 18 == len(set(views)) and views[0] == (0, 0, 0)
+    assert set(views) == {(f, dy, dx) for f in (0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    image = np.arange(1, 10, dtype=np.uint8).reshape(1, 3, 3, 1)  # rows 1 2 3 / 4 5 6 / 7 8 9
+    pp = {"crop": (3, 3), "channels": 1}
+
+    def pixels(view):
+        x = preprocess.preprocess_eval_view(jnp.asarray(image), pp, jnp.asarray(view), 1)
+        return np.rint((np.asarray(x)[0, :, :, 0] + 1) * 127.5).astype(int)
+
+    np.testing.assert_array_equal(pixels((0, 1, 0)), [[0, 0, 0], [1, 2, 3], [4, 5, 6]])  # down by 1
+    np.testing.assert_array_equal(pixels((0, 0, -1)), [[2, 3, 0], [5, 6, 0], [8, 9, 0]])  # left by 1
+    np.testing.assert_array_equal(pixels((1, -1, 1)), [[0, 6, 5], [0, 9, 8], [0, 0, 0]])  # mirrored, up, right
+    np.testing.assert_array_equal(pixels((0, 0, 0)), image[0, :, :, 0])
+
+
+def test_test_time_augmentation_averages_the_views_probabilities():
+    """config.tta: accuracy and loss of the mean softmax over 18 views, against each view computed apart."""
+    config = tiny_run_config(eval_batch=64, **{"tta.flip": True, "tta.shift": 1})
+    source = input_pipeline.load_digits("test")
+    model = models.VisionTransformer(num_classes=10, **config_lib.model_kwargs(config))
+    params = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 8, 8, 1)))["params"]
+    params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.PRNGKey(1), a.shape), params)
+    head = params["head"]  # spread the predictions over the classes
+    kernel = 3.0 * jax.random.normal(jax.random.PRNGKey(2), head["kernel"].shape)
+    params["head"] = {"kernel": kernel, "bias": 0 * head["bias"]}
+    pp = preprocess.pp_dict(config)
+    step = jax.jit(train.make_eval_step(model, pp=pp, num_classes=10, tta=(True, 1)))
+    result = train.evaluate(step, params, source, 64, parallel.batch_sharding(parallel.make_mesh()))
+    padded = np.pad(source.images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    apply = jax.jit(lambda v: model.apply({"params": params}, preprocess.preprocess_eval(v, pp)))
+    probs, plain = [], None
+    for flip in (False, True):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                view = padded[:, 1 - dy : 9 - dy, 1 - dx : 9 - dx]  # content moved down dy, right dx
+                view = view[:, :, ::-1] if flip else view
+                logits = np.asarray(apply(jnp.asarray(view)))
+                probs.append(np.asarray(jax.nn.softmax(logits.astype(np.float64))))
+                if not flip and dy == dx == 0:
+                    plain = np.argmax(logits, -1)
+    mean = np.mean(probs, axis=0)
+    labels = source.labels
+    assert result["count"] == 359
+    assert result["accuracy"] == pytest.approx(np.mean(np.argmax(mean, -1) == labels), abs=1e-9)
+    assert result["loss"] == pytest.approx(-np.mean(np.log(mean[np.arange(359), labels])), rel=1e-5)
+    assert result["accuracy_1view"] == pytest.approx(np.mean(plain == labels), abs=1e-9)
+    assert (np.argmax(mean, -1) != plain).sum() > 10  # the views changed predictions: a real check
+    line = train.format_eval(result)
+    assert line.endswith(f"| 1-view accuracy {result['accuracy_1view']:.4f}")
+    plain_line = train.format_eval({"accuracy": 0.5, "loss": 1.25, "count": 359})
+    assert plain_line == "accuracy 0.5000 | loss 1.2500 | 359 examples"  # the log line without tta
+
+
 def test_batches_are_a_function_of_seed_and_step():
     source = input_pipeline.load_digits("train")
     it = source.train_batches(batch=100, seed=7)
@@ -180,6 +237,7 @@ def test_pretrained_start(tmp_path):
         "mnist_augreg.py",
         "fashion_mnist_augreg.py",
         "fashion_mnist_hybrid.py",
+        "fashion_mnist_patchdrop.py",
         "cifar10_subset.py",
         "vit_b16.py",
         "vit.py:b16,cifar10",
@@ -232,27 +290,45 @@ def test_config_recipes():
     assert float(schedule(55_000)) == pytest.approx(1.5e-3)
 
 
-def test_fashion_mnist_augreg_is_the_measured_overrides():
-    # Its docstring's 20-minute result was measured as configs/fashion_mnist.py with these
-    # overrides (experiments/results/recipes.md): the file must resolve to that same config.
+AUGREG_OVERRIDES = {  # configs/fashion_mnist.py -> the measured 20-minute run of 2026-12-02
+    "accum_steps": 4,
+    "total_steps": 14_000,
+    "ema_decay": 0.999,
+    "ema_warmup": True,
+    "pp.pad": 2,
+    "model.hidden_size": 64,
+    "model.transformer.mlp_dim": 256,
+}
+PATCHDROP_OVERRIDES = {  # configs/fashion_mnist_augreg.py -> the measured patch-dropout run
+    "model.patch_drop_rate": 0.5,
+    "full_token_steps": 1800,
+    "tta.flip": True,
+    "tta.shift": 1,
+    "total_steps": 14_500,
+    "eval_every": 3000,
+    "checkpoint_every": 3000,
+}
+
+
+@pytest.mark.parametrize(
+    "config_file, base_file, overrides",
+    [
+        ("fashion_mnist_augreg.py", "fashion_mnist.py", AUGREG_OVERRIDES),
+        ("fashion_mnist_patchdrop.py", "fashion_mnist_augreg.py", PATCHDROP_OVERRIDES),
+    ],
+)
+def test_fashion_mnist_recipes_are_the_measured_overrides(config_file, base_file, overrides):
+    # Each docstring's result was measured as the base file with these overrides on the command
+    # line (experiments/results/recipes.md): the file must resolve to that same config.
     load = lambda p: config_lib.load_file(os.path.join(ROOT, "configs", p))  # noqa: E731
-    measured = load("fashion_mnist.py")
-    overrides = {
-        "accum_steps": 4,
-        "total_steps": 14_000,
-        "ema_decay": 0.999,
-        "ema_warmup": True,
-        "pp.pad": 2,
-        "model.hidden_size": 64,
-        "model.transformer.mlp_dim": 256,
-    }
+    measured = load(base_file)
     for field, value in overrides.items():
         *parents, name = field.split(".")
         node = measured
         for parent in parents:
             node = node[parent]
         node[name] = value
-    assert load("fashion_mnist_augreg.py").to_dict() == measured.to_dict()
+    assert load(config_file).to_dict() == measured.to_dict()
 
 
 @pytest.mark.parametrize(

@@ -258,6 +258,7 @@ def _range_checks(config) -> list[tuple[str, Any, Any, str]]:
         ("pp.randaug.num_layers", config.pp.randaug.num_layers, lambda v: _is_int(v) and v >= 0, "use 0 (off) or more"),
         ("pp.randaug.magnitude", config.pp.randaug.magnitude, _non_negative, "use 0 or more, e.g. 10, 15 or 20"),
         ("pp.erase_prob", config.pp.erase_prob, _is_probability, _USE_A_PROBABILITY),
+        ("tta.shift", config.tta.shift, lambda v: _is_int(v) and v >= 0, "use 0 (no translations) or more pixels"),
         *[
             (f"mixup.{f}", config.mixup[f], _non_negative, "use 0 (off) or a positive alpha, e.g. 0.2")
             for f in ("alpha", "cutmix_alpha")
@@ -286,6 +287,12 @@ def _range_checks(config) -> list[tuple[str, Any, Any, str]]:
         ),
         ("grad_clip_norm", config.grad_clip_norm, _unset_or(_non_negative), "use a positive norm, or 0 for none"),
         ("accum_steps", config.accum_steps, lambda v: _is_int(v) and v >= 1, "use 1 or more"),
+        (
+            "full_token_steps",
+            config.full_token_steps,
+            lambda v: _is_int(v) and v >= 0 and (v == 0 or bool(config.model.patch_drop_rate)),
+            "use 0, or set config.model.patch_drop_rate as well (these steps end its patch dropout)",
+        ),
         (
             "epochs",
             config.epochs,

@@ -135,6 +135,16 @@ class Encoder1DBlock(nn.Module):
         return out, ((weights, out) if self.return_intermediates else None)
 
 
+def patch_dropout(x, rate: float, num_prefix: int, rng):
+    """Keeps a random subset of round((1 - rate) * N) patch tokens per example (prefix tokens kept)."""
+    prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
+    n, t = patches.shape[:2]
+    keep = max(1, int(round((1.0 - rate) * t)))
+    idx = jnp.argsort(jax.random.uniform(rng, (n, t)), axis=1)[:, :keep]
+    kept = jnp.take_along_axis(patches, idx[:, :, None], axis=1)
+    return jnp.concatenate([prefix, kept], axis=1)
+
+
 class Encoder(nn.Module):
     """Position embedding, `num_layers` blocks (unrolled or scanned), final norm."""
 
@@ -155,12 +165,15 @@ class Encoder(nn.Module):
     layernorm_epsilon: float = 1e-6
     gelu_approximate: bool = True
     final_norm: bool = True  # False: the head normalises after pooling (fc_norm)
+    patch_drop_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x, *, train: bool, return_intermediates: bool = False):
         assert x.ndim == 3, f"Expected (batch, tokens, hidden), got {x.shape}"
         gh, gw = self.grid_shape
         x = add_position_embedding(x, self.posemb, self.grid_shape, self.num_prefix_tokens, self.param_dtype)
+        if train and self.patch_drop_rate > 0:
+            x = patch_dropout(x, self.patch_drop_rate, self.num_prefix_tokens, self.make_rng("dropout"))
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
         x = parallel.constrain_batch(x)
 
@@ -264,6 +277,7 @@ class VisionTransformer(nn.Module):
     layernorm_epsilon: float = 1e-6  # transformers' published ViTs: 1e-12
     gelu_approximate: bool = True  # timm and transformers: False (exact erf GELU)
     fc_norm: bool = False  # gap: normalise the pooled vector (timm's fc_norm), not the tokens
+    patch_drop_rate: float = 0.0
 
     @nn.compact
     def __call__(self, inputs, *, train: bool = False, return_intermediates: bool = False):
@@ -295,6 +309,7 @@ class VisionTransformer(nn.Module):
             layernorm_epsilon=self.layernorm_epsilon,
             gelu_approximate=self.gelu_approximate,
             final_norm=not self.fc_norm,
+            patch_drop_rate=self.patch_drop_rate,
             name="Transformer",
         )(x, train=train, return_intermediates=return_intermediates)
         encoded = x
@@ -398,6 +413,7 @@ class VisionTransformer(nn.Module):
                 "classifier": self.classifier,
                 "posemb": self.posemb,
                 "droppath_rate": self.droppath_rate,
+                "patch_drop_rate": self.patch_drop_rate,
                 "remat": self._remat_policy(),
                 "attention_impl": self.attention_impl,
                 "layernorm_epsilon": self.layernorm_epsilon,
@@ -448,6 +464,7 @@ def check_fields(fields: dict[str, Any]) -> None:
         *[(f"transformer.{f}", t.get(f), _positive_int, _POSITIVE_INT) for f in ("mlp_dim", "num_heads", "num_layers")],
         *[(f"transformer.{f}", t.get(f) or 0.0, _rate, _RATE) for f in ("dropout_rate", "attention_dropout_rate")],
         ("droppath_rate", fields.get("droppath_rate") or 0.0, _rate, _RATE),
+        ("patch_drop_rate", fields.get("patch_drop_rate") or 0.0, _rate, _RATE),
         (
             "representation_size",
             fields.get("representation_size"),
@@ -483,6 +500,11 @@ def check_fields(fields: dict[str, Any]) -> None:
     if eps is not None and not (_is_number(eps) and eps > 0):
         raise ValueError(f"layernorm_epsilon={eps!r}: use a small positive number, like 1e-6.")
     classifier = fields.get("classifier") or "token"
+    if fields.get("patch_drop_rate") and fields.get("posemb") == "relative":
+        raise ValueError(
+            "patch_drop_rate with posemb='relative': the relative position bias needs every token of the grid; "
+            "use posemb='learn' or 'sincos2d', or patch_drop_rate=0."
+        )
     if fields.get("fc_norm") and classifier != "gap":
         raise ValueError(f"fc_norm=True: it normalises the pooled vector of classifier='gap'; {classifier!r} has none.")
     if fields["hidden_size"] % t["num_heads"]:

@@ -96,10 +96,36 @@ def preprocess_train(images, rng, pp) -> jax.Array:
 
 def preprocess_eval(images, pp) -> jax.Array:
     """uint8 batch -> float [-1, 1] resized to pp.crop."""
+    return _to_model_input(_eval_pixels(images, pp), pp["channels"])
+
+
+def _eval_pixels(images, pp) -> jax.Array:
+    """uint8 batch -> float pixel values (0 to 255) resized to pp.crop."""
     crop = to_pair(pp["crop"])
     x = images.astype(jnp.float32)
     if x.shape[1:3] != crop:
         x = jax.image.resize(x, (x.shape[0], *crop, x.shape[-1]), "linear", antialias=True)
+    return x
+
+
+def tta_views(flip: bool, shift: int) -> list[tuple[int, int, int]]:
+    """Test-time views as (flipped, dy, dx): every translation by -shift..shift whole pixels
+    in each direction, each also mirrored when `flip`; the plain image (0, 0, 0) comes first."""
+    offsets = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)]
+    views = [(f, dy, dx) for f in ((0, 1) if flip else (0,)) for dy, dx in offsets]
+    views.remove((0, 0, 0))
+    return [(0, 0, 0), *views]
+
+
+def preprocess_eval_view(images, pp, view, shift: int) -> jax.Array:
+    """preprocess_eval of one test-time view: the crop mirrored when view[0] is 1, then moved
+    down by view[1] and right by view[2] pixels (traced values from -shift to shift), the
+    uncovered border black as in training's pad-and-crop."""
+    x = _eval_pixels(images, pp)
+    x = jnp.where(view[0] == 1, x[:, :, ::-1], x)
+    _, h, w, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+    x = jax.lax.dynamic_slice(padded, (0, shift - view[1], shift - view[2], 0), x.shape)
     return _to_model_input(x, pp["channels"])
 
 

@@ -141,19 +141,52 @@ def make_train_step(
     return step
 
 
-def make_eval_step(model, *, pp: dict[str, Any], num_classes: int, batch_sharding=None):
-    """step(params, batch) -> sums of correct predictions, loss and examples, over the masked rows."""
+def make_eval_step(model, *, pp: dict[str, Any], num_classes: int, batch_sharding=None, tta=None):
+    """step(params, batch) -> sums of correct predictions, loss and examples, over the masked rows.
+
+    With test-time augmentation, `tta=(flip, shift)` (config.tta), the prediction is the mean of
+    the softmax probabilities over preprocess.tta_views, the loss its cross-entropy, and
+    `correct_1view` counts the plain image's correct predictions alone.
+    """
+
+    def logits_of(params, x):
+        with parallel.split_activations_like(batch_sharding):
+            return model.apply({"params": params}, x, train=False).astype(jnp.float32)
 
     def step(params, batch):
         x = preprocess.preprocess_eval(batch["image"], pp)
-        with parallel.split_activations_like(batch_sharding):
-            logits = model.apply({"params": params}, x, train=False)
+        logits = logits_of(params, x)
         loss = cross_entropy(logits, batch["label"], num_classes)
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         m = batch["mask"]
         return {"correct": jnp.sum(correct * m), "loss": jnp.sum(loss * m), "count": jnp.sum(m)}
 
-    return step
+    views = preprocess.tta_views(*tta) if tta else [(0, 0, 0)]
+    if len(views) == 1:
+        return step
+    shift = tta[1]
+
+    def tta_step(params, batch):
+        label, m = batch["label"], batch["mask"]
+        logits = logits_of(params, preprocess.preprocess_eval(batch["image"], pp))
+
+        def add_view(log_total, view):
+            x = preprocess.preprocess_eval_view(batch["image"], pp, view, shift)
+            return jnp.logaddexp(log_total, jax.nn.log_softmax(logits_of(params, x))), None
+
+        # log of the summed probabilities, accumulated in log space so none underflows to 0
+        log_total, _ = jax.lax.scan(add_view, jax.nn.log_softmax(logits), jnp.asarray(views[1:], jnp.int32))
+        log_mean = log_total - np.log(len(views))
+        correct = (jnp.argmax(log_mean, -1) == label).astype(jnp.float32)
+        correct_1view = (jnp.argmax(logits, -1) == label).astype(jnp.float32)
+        return {
+            "correct": jnp.sum(correct * m),
+            "loss": -jnp.sum(jnp.take_along_axis(log_mean, label[:, None], axis=1)[:, 0] * m),
+            "count": jnp.sum(m),
+            "correct_1view": jnp.sum(correct_1view * m),
+        }
+
+    return tta_step
 
 
 def make_update_fn(*, apply_fn, accum_steps, tx):
@@ -234,6 +267,11 @@ class Program:
     init_state: Any  # rng -> state (replicated)
     train_step: Any  # (state, batch, base_rng) -> (state, metrics); state donated
     eval_step: Any  # (params, batch) -> sums of correct, loss, count
+    # The final evaluation's step with test-time augmentation (config.tta; None when off).
+    eval_step_tta: Any = None
+    # The same step on every patch token, for the last config.full_token_steps steps of a run
+    # with patch dropout (None without them).
+    train_step_full: Any = None
 
 
 def build(config, num_classes: int, steps: int, mesh=None) -> Program:
@@ -263,10 +301,7 @@ def build(config, num_classes: int, steps: int, mesh=None) -> Program:
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
     rules = parallel.sharding_rules(config)
     state_sh = parallel.tree_shardings(abstract, mesh, rules, int(config.fsdp_min_size))
-    train_step = make_train_step(
-        model,
-        tx,
-        schedule,
+    step_kw = dict(
         pp=pp,
         num_classes=num_classes,
         accum_steps=config.accum_steps,
@@ -276,7 +311,20 @@ def build(config, num_classes: int, steps: int, mesh=None) -> Program:
         skip_nonfinite=config.skip_nonfinite_steps,
         batch_sharding=data_sharding,
     )
+    train_step = make_train_step(model, tx, schedule, **step_kw)
+    jit_step = lambda f: jax.jit(  # noqa: E731
+        f, in_shardings=(state_sh, data_sharding, repl), out_shardings=(state_sh, repl), donate_argnums=(0,)
+    )
+    train_step_full = None
+    if kw.get("patch_drop_rate") and config.full_token_steps:
+        every_token = models.VisionTransformer(num_classes=num_classes, **dict(kw, patch_drop_rate=0.0))
+        train_step_full = jit_step(make_train_step(every_token, tx, schedule, **step_kw))
     eval_step = make_eval_step(model, pp=pp, num_classes=num_classes, batch_sharding=data_sharding)
+    eval_step_tta = None
+    if config.tta.flip or config.tta.shift:
+        tta = (bool(config.tta.flip), int(config.tta.shift))
+        eval_step_tta = make_eval_step(model, pp=pp, num_classes=num_classes, batch_sharding=data_sharding, tta=tta)
+        eval_step_tta = jax.jit(eval_step_tta, in_shardings=(state_sh["params"], data_sharding))
 
     return Program(
         model=model,
@@ -289,13 +337,10 @@ def build(config, num_classes: int, steps: int, mesh=None) -> Program:
         state_shardings=state_sh,
         input_shape=(*crop_hw, config.pp.channels),
         init_state=jax.jit(init_state, out_shardings=state_sh),
-        train_step=jax.jit(
-            train_step,
-            in_shardings=(state_sh, data_sharding, repl),
-            out_shardings=(state_sh, repl),
-            donate_argnums=(0,),
-        ),
+        train_step=jit_step(train_step),
         eval_step=jax.jit(eval_step, in_shardings=(state_sh["params"], data_sharding)),
+        train_step_full=train_step_full,
+        eval_step_tta=eval_step_tta,
     )
 
 
@@ -315,7 +360,18 @@ def evaluate(eval_step, params, source, batch_size: int, sharding) -> dict[str, 
             jax.block_until_ready(totals)
     totals = jax.device_get(totals)
     count = int(totals["count"])
-    return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss"]) / count, "count": count}
+    result = {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss"]) / count, "count": count}
+    if "correct_1view" in totals:
+        result["accuracy_1view"] = float(totals["correct_1view"]) / count
+    return result
+
+
+def format_eval(result: dict[str, float]) -> str:
+    """'accuracy A | loss L | N examples', and the plain image's accuracy under test-time augmentation."""
+    line = f"accuracy {result['accuracy']:.4f} | loss {result['loss']:.4f} | {result['count']} examples"
+    if "accuracy_1view" in result:
+        line += f" | 1-view accuracy {result['accuracy_1view']:.4f}"
+    return line
 
 
 # ----------------------------------------------------------------------------- the loop's helpers
@@ -436,8 +492,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         prog = build(config, train_source.num_classes, steps)
         state = restore_or_initialise(config, prog, wd)
         ckpts = stack.enter_context(train_state.Checkpoints(workdir, config.keep_checkpoints))
-        evaluate_test = lambda state: evaluate(  # noqa: E731
-            prog.eval_step, eval_params(state), test_source, config_lib.eval_batch(config), prog.data_sharding
+        evaluate_test = lambda state, step_fn=prog.eval_step: evaluate(  # noqa: E731
+            step_fn, eval_params(state), test_source, config_lib.eval_batch(config), prog.data_sharding
         )
         fewshot = None
         if config.fewshot.every:
@@ -448,8 +504,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         )
         if stopped:
             return stopped
-        result = evaluate_test(state)
-        log.info("final eval step %d | accuracy %.4f | loss %.4f | %d examples", steps, *result.values())
+        result = evaluate_test(state, prog.eval_step_tta or prog.eval_step)
+        log.info("final eval step %d | %s", steps, format_eval(result))
         writer.write("eval", steps, result)
         export(wd, state, prog, train_source, steps, result, is_main)
         if config.flax_checkpoint:
@@ -532,8 +588,10 @@ def train_loop(config, prog, state, source, steps: int, stop, ckpts, writer, eva
     next_batch = parallel.global_batch(next(batches), prog.data_sharding) if start < steps else None
     wait = parallel.one_program_at_a_time(prog.mesh)
     stop.stop_early()
+    full_from = steps - config.full_token_steps if prog.train_step_full is not None else steps + 1
     for step in range(start + 1, steps + 1):
-        state, out = prog.train_step(state, next_batch, base_rng)
+        train_step = prog.train_step_full if step > full_from else prog.train_step
+        state, out = train_step(state, next_batch, base_rng)
         pending.add(step, out)
         if step < steps:  # prepare the next batch while the device computes
             next_batch = parallel.global_batch(next(batches), prog.data_sharding)
@@ -563,7 +621,7 @@ def train_loop(config, prog, state, source, steps: int, stop, ckpts, writer, eva
             return state, {"stopped": stop.received, "step": step}
         if itstime(step, config.eval_every, steps, last=False):
             result = evaluate_test(state)
-            log.info("eval step %d | accuracy %.4f | loss %.4f | %d examples", step, *result.values())
+            log.info("eval step %d | %s", step, format_eval(result))
             writer.write("eval", step, result)
         if fewshot is not None and itstime(step, config.fewshot.every, steps):
             values = fewshot(eval_params(state))

@@ -66,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.resnet.gn_epsilon = config_dict.placeholder(float)
     c.model.posemb = config_dict.placeholder(str)
     c.model.droppath_rate = config_dict.placeholder(float)
+    # Patch dropout in training (timm's patch_drop_rate): each image keeps a random subset of
+    # its patch tokens; see also full_token_steps.
+    c.model.patch_drop_rate = config_dict.placeholder(float)
     c.model.remat = config_dict.placeholder(str)
     c.model.scan = config_dict.placeholder(bool)
     c.model.attention_impl = config_dict.placeholder(str)
@@ -111,6 +114,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.lr.end = 0.0
     c.grad_clip_norm = 1.0  # global norm; 0 disables
     c.label_smoothing = 0.0
+    # With patch dropout (model.patch_drop_rate), the last this many steps train on every patch
+    # token, so the model meets the full token count it is evaluated on (FLIP's unmasked tuning).
+    c.full_token_steps = 0
     # An exponential moving average of the parameters, updated after every step (0 = off). When
     # set it is what the run evaluates, few-shots and exports (model.npz); the checkpoints hold
     # it beside the parameters. `ema_warmup` uses min(ema_decay, (1 + t) / (10 + t)) at step t,
@@ -132,6 +138,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Logging, evaluation, checkpoints.
     c.progress_every = 100
     c.eval_every = 1000
+    # Test-time augmentation of the final evaluation (the ones every eval_every stay one view):
+    # the mean of the softmax probabilities over every translation by -shift..shift whole pixels
+    # (black border, as pad-and-crop) and, with `flip`, their mirror images: (2 * shift + 1)^2
+    # views, twice that with flip, each a forward pass. The plain image's accuracy is reported
+    # beside it (`accuracy_1view`). Off by default.
+    c.tta = ml_collections.ConfigDict({"flip": False, "shift": 0})
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     # A step with a non-finite loss or gradient stops the run (the last good checkpoint

@@ -1,0 +1,55 @@
+"""configs/fashion_mnist_augreg.py with patch dropout and test-time augmentation: the best
+20-minute Fashion-MNIST recipe measured.
+
+    XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false" \
+        python -m vit_jax.main --config configs/fashion_mnist_patchdrop.py --config.dataset=DIR
+
+DIR holds the original IDX files; without the override the TFDS `fashion_mnist` dataset is read
+from config.tfds_data_dir. The model and recipe of configs/fashion_mnist_augreg.py (width 64,
+MLP 256, 4 blocks, 4x4 patches; AdamW lr 2e-3, weight decay 0.1, cosine decay, label smoothing
+0.1; 2-pixel pad-and-crop and flips; EMA 0.999 with warm-up; two CPU devices), plus:
+- patch dropout: each training image keeps a random 24 of its 49 patch tokens, which halves
+  the cost of a step (BENCHMARKS.md, "Patch dropout"), so 20 minutes hold more epochs;
+- the last 1,800 of the 14,500 steps train on every token, so that the model ends on the token
+  count it is evaluated with;
+- the final evaluation averages the softmax over 18 views of each test image (moved by -1, 0,
+  1 pixels each way, and mirrored); the evaluations every 3,000 steps are one view.
+
+Measured on the 2-core CPU (2026-12-03), with DIR the original Fashion-MNIST files:
+- as above: 92.09% test accuracy with the 18 views (91.68% on the plain image; test loss 0.301)
+  after 17 min 32 s wall-clock, at 1,820 to 2,110 images/s with patch dropout and 1,160 to
+  1,310 on every token. The issue's target, 92.5% in 20 minutes, is not met.
+- with `--config.total_steps=16500 --config.full_token_steps=1200 --config.eval_every=5500
+  --config.checkpoint_every=5500`: 91.88% (91.40% on the plain image) after 18 min 10 s.
+The same day configs/fashion_mnist_augreg.py reached 91.40% in 23 min 54 s (92.30% with the
+same 18 views, computed afterwards). Every run: experiments/results/recipes.md, "Not met".
+"""
+
+from vit_jax.configs import defaults
+
+
+def get_config():
+    c = defaults.get_config()
+    c.dataset = "fashion_mnist"
+    c.pp.crop = 28
+    c.pp.area_min = 1.0
+    c.pp.pad = 2
+    c.pp.flip = True
+    c.pp.channels = 1
+    defaults.small_vit(c, hidden=64, mlp=256, heads=4, layers=4, patch=4)
+    c.model.patch_drop_rate = 0.5
+    c.full_token_steps = 1800
+    c.tta.flip = True
+    c.tta.shift = 1
+    c.lr.base = 2e-3
+    c.optim.weight_decay = 0.1
+    c.ema_decay = 0.999
+    c.ema_warmup = True
+    c.batch = 128
+    c.accum_steps = 4  # 16 images per device and micro-batch on the two CPU devices
+    c.total_steps = 14_500
+    c.lr.warmup_steps = 400
+    c.progress_every = 500
+    c.eval_every = 3000
+    c.checkpoint_every = 3000
+    return c
