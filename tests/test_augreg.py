@@ -28,6 +28,8 @@ EVERYTHING = {
     "optim.weight_decay": 0.1,
     "model.patch_drop_rate": 0.25,
     "full_token_steps": 5,
+    "full_token_lr": 5e-3,
+    "full_token_accum_steps": 1,
     "tta.flip": True,
     "tta.shift": 1,
     "total_steps": 20,
@@ -121,21 +123,26 @@ def test_every_option_on_resumes_bitwise_and_exports_the_average(tmp_path):
 
 
 def test_full_token_steps_train_on_every_patch(tmp_path):
-    """Patch dropout ended for all 6 steps is the run without it, bit for bit; ended for the last 3
-    it is neither that run nor the run that drops patches throughout."""
+    """Patch dropout ended for all 6 steps, with the full-token steps' own rate and micro-batches,
+    is the run without patch dropout at that rate (no warm-up, cosine to 0) and with those
+    micro-batches, bit for bit. Ended for the last 3 steps (on the run's schedule) it is neither
+    the plain run nor the run that drops patches throughout."""
+    drop = {"model.patch_drop_rate": 0.5}
     runs = {}
     for name, overrides in {
         "plain": {},
-        "all_full": {"model.patch_drop_rate": 0.5, "full_token_steps": 6},
-        "tail_full": {"model.patch_drop_rate": 0.5, "full_token_steps": 3},
-        "dropping": {"model.patch_drop_rate": 0.5},
+        "tail_full": {**drop, "full_token_steps": 3},
+        "dropping": drop,
+        "plain_own": {"lr.base": 3e-3, "lr.warmup_steps": 0, "accum_steps": 2},
+        "all_full_own": {**drop, "full_token_steps": 6, "full_token_lr": 3e-3, "full_token_accum_steps": 2},
     }.items():
         config = tiny_run_config(total_steps=6, eval_every=6, checkpoint_every=6, progress_every=6, **overrides)
         train.train_and_evaluate(config, str(tmp_path / name))
         runs[name] = checkpoint.load(str(tmp_path / name / "model.npz"))
-    jax.tree.map(np.testing.assert_array_equal, runs["all_full"], runs["plain"])
+    jax.tree.map(np.testing.assert_array_equal, runs["all_full_own"], runs["plain_own"])
     for other in ("plain", "dropping"):
         assert not np.array_equal(runs["tail_full"]["head"]["kernel"], runs[other]["head"]["kernel"])
+    assert not np.array_equal(runs["plain_own"]["head"]["kernel"], runs["plain"]["head"]["kernel"])
 
 
 @pytest.mark.parametrize(
@@ -151,12 +158,26 @@ def test_full_token_steps_train_on_every_patch(tmp_path):
         ("tta.shift", -1, "config.tta.shift=-1: use 0 (no translations) or more pixels"),
         ("model.patch_drop_rate", 1.0, "config.model.patch_drop_rate=1.0: use a rate from 0 up to"),
         ("full_token_steps", 100, "config.full_token_steps=100: use 0, or set config.model.patch_drop_rate"),
+        ("full_token_lr", 1e-3, "config.full_token_lr=0.001: use 0 (the run's schedule), or a positive rate with"),
+        ("full_token_accum_steps", 2, "config.full_token_accum_steps=2: use 0 (config.accum_steps), or 1 or more"),
     ],
 )
 def test_bad_values_name_the_field_and_the_fix(field, value, expected):
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.resolve(tiny_run_config(**{field: value}))
     assert str(e.value).startswith(expected)
+
+
+def test_full_token_micro_batches_must_divide_the_batch():
+    c = tiny_run_config(**{"model.patch_drop_rate": 0.5, "full_token_steps": 2, "full_token_accum_steps": 3})
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.resolve(c, num_devices=2)
+    assert str(e.value) == (
+        "config.batch=32 is not divisible by the device count (2) times config.full_token_accum_steps (3); "
+        "use a count that divides 16."
+    )
+    c.full_token_accum_steps = 4
+    config_lib.resolve(c, num_devices=2)
 
 
 def test_a_bad_value_on_the_command_line_is_one_line_and_starts_nothing(tmp_path):

@@ -1,6 +1,8 @@
 """The optimizer's options against hand-written tables and independent computations: layer-wise
 learning-rate decay, AugReg's decoupled weight decay of kernels, and the moving average."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,6 +124,21 @@ def test_augreg_weight_decay_with_sgd_by_hand():
     for name, u in flat_u.items():
         decay = 0.3 * 0.1 * 2.0 if name.endswith("/kernel") else 0.0  # wd * lr * p
         np.testing.assert_allclose(u, -0.1 * np.asarray(flat_g[name]) - decay, rtol=1e-6, atol=1e-7)
+
+
+def test_full_token_steps_on_their_own_schedule_by_hand():
+    """40 steps, warm-up 5 to lr 1e-2 and cosine over the 25 steps before the last 10, which
+    restart at 1e-3 and decay by cosine to 0; without full_token_lr the run's one schedule."""
+    half_cos = lambda base, t, n: base * 0.5 * (1 + math.cos(math.pi * t / n))  # noqa: E731
+    expected = {0: 0.0, 3: 6e-3, 5: 1e-2, 17: half_cos(1e-2, 12, 25), 29: half_cos(1e-2, 24, 25)}
+    expected.update({30: 1e-3, 35: 5e-4, 39: half_cos(1e-3, 9, 10)})
+    c = tiny_run_config(**{"model.patch_drop_rate": 0.5, "full_token_steps": 10, "full_token_lr": 1e-3})
+    _, schedule = optimizer.make_optimizer(c, 40)
+    for count, lr in expected.items():
+        assert float(schedule(count)) == pytest.approx(lr, rel=1e-5, abs=1e-12), count
+    c.full_token_lr = 0.0
+    _, run_schedule = optimizer.make_optimizer(c, 40)
+    assert float(run_schedule(30)) == pytest.approx(half_cos(1e-2, 25, 35), rel=1e-5)
 
 
 def test_ema_rates_by_hand():

@@ -301,12 +301,15 @@ AUGREG_OVERRIDES = {  # configs/fashion_mnist.py -> the measured 20-minute run o
 }
 PATCHDROP_OVERRIDES = {  # configs/fashion_mnist_augreg.py -> the measured patch-dropout run
     "model.patch_drop_rate": 0.5,
-    "full_token_steps": 1800,
+    "full_token_steps": 1000,
+    "full_token_lr": 2e-4,
+    "full_token_accum_steps": 4,
+    "accum_steps": 2,
     "tta.flip": True,
     "tta.shift": 1,
-    "total_steps": 14_500,
-    "eval_every": 3000,
-    "checkpoint_every": 3000,
+    "total_steps": 18_000,
+    "eval_every": 9000,
+    "checkpoint_every": 9000,
 }
 
 

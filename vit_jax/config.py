@@ -294,6 +294,18 @@ def _range_checks(config) -> list[tuple[str, Any, Any, str]]:
             "use 0, or set config.model.patch_drop_rate as well (these steps end its patch dropout)",
         ),
         (
+            "full_token_lr",
+            config.full_token_lr,
+            lambda v: _is_number(v) and v >= 0 and (v == 0 or bool(config.full_token_steps)),
+            "use 0 (the run's schedule), or a positive rate with config.full_token_steps",
+        ),
+        (
+            "full_token_accum_steps",
+            config.full_token_accum_steps,
+            lambda v: _is_int(v) and v >= 0 and (v == 0 or bool(config.full_token_steps)),
+            "use 0 (config.accum_steps), or 1 or more with config.full_token_steps",
+        ),
+        (
             "epochs",
             config.epochs,
             _unset_or(lambda v: _is_number(v) and v > 0),
@@ -433,6 +445,12 @@ def _check_batches(config, num_devices: int) -> None:
         raise ConfigError(
             f"config.batch={config.batch} is not divisible by the {what} ({split}) times "
             f"config.accum_steps ({config.accum_steps}); use a positive multiple of {split * config.accum_steps}."
+        )
+    full_accum = config.full_token_accum_steps
+    if full_accum and config.batch % (split * full_accum):
+        raise ConfigError(
+            f"config.batch={config.batch} is not divisible by the {what} ({split}) times "
+            f"config.full_token_accum_steps ({full_accum}); use a count that divides {config.batch // split}."
         )
     if eval_batch(config) % split:
         raise ConfigError(f"config.eval_batch={eval_batch(config)} is not divisible by the {what} ({split}).")

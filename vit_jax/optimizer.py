@@ -124,6 +124,10 @@ def make_optimizer(config, steps: int, num_layers: int | None = None):
     needed only with optim.layer_decay < 1."""
     o = config.optim
     schedule = make_schedule(config.lr, steps)
+    tail = min(int(config.get("full_token_steps") or 0), steps) if config.get("full_token_lr") else 0
+    if tail:  # the full-token steps on a schedule of their own: a warm restart, cosine to 0
+        tail_lr = optax.cosine_decay_schedule(float(config.full_token_lr), tail)
+        schedule = optax.join_schedules([make_schedule(config.lr, steps - tail), tail_lr], [steps - tail])
     mu_dtype = config_lib.DTYPES[o.mu_dtype]
     augreg = o.wd_convention == "augreg"
     wd = 0.0 if augreg else o.weight_decay

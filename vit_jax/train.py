@@ -318,7 +318,8 @@ def build(config, num_classes: int, steps: int, mesh=None) -> Program:
     train_step_full = None
     if kw.get("patch_drop_rate") and config.full_token_steps:
         every_token = models.VisionTransformer(num_classes=num_classes, **dict(kw, patch_drop_rate=0.0))
-        train_step_full = jit_step(make_train_step(every_token, tx, schedule, **step_kw))
+        full_kw = dict(step_kw, accum_steps=config.full_token_accum_steps or config.accum_steps)
+        train_step_full = jit_step(make_train_step(every_token, tx, schedule, **full_kw))
     eval_step = make_eval_step(model, pp=pp, num_classes=num_classes, batch_sharding=data_sharding)
     eval_step_tta = None
     if config.tta.flip or config.tta.shift:

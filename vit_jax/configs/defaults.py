@@ -117,6 +117,14 @@ def get_config() -> ml_collections.ConfigDict:
     # With patch dropout (model.patch_drop_rate), the last this many steps train on every patch
     # token, so the model meets the full token count it is evaluated on (FLIP's unmasked tuning).
     c.full_token_steps = 0
+    # Their learning rate: 0 continues the run's schedule; a positive rate gives them a schedule
+    # of their own (the rest of the run decays over the steps before them, then this rate decays
+    # by cosine to 0 over the full-token steps), as FLIP's separate unmasked tuning.
+    c.full_token_lr = 0.0
+    # Micro-batches of the full-token step (0: accum_steps). Every token doubles the work of an
+    # image at patch_drop_rate 0.5, and on CPU the fastest micro-batch holds a fixed number of
+    # tokens (BENCHMARKS.md, "Patch dropout"), so the full-token step may want twice as many.
+    c.full_token_accum_steps = 0
     # An exponential moving average of the parameters, updated after every step (0 = off). When
     # set it is what the run evaluates, few-shots and exports (model.npz); the checkpoints hold
     # it beside the parameters. `ema_warmup` uses min(ema_decay, (1 + t) / (10 + t)) at step t,
