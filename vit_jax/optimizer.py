@@ -123,11 +123,13 @@ def make_optimizer(config, steps: int, num_layers: int | None = None):
     decay and AugReg's decoupled weight decay when set. `num_layers` (the encoder's depth) is
     needed only with optim.layer_decay < 1."""
     o = config.optim
-    schedule = make_schedule(config.lr, steps)
-    tail = min(int(config.get("full_token_steps") or 0), steps) if config.get("full_token_lr") else 0
-    if tail:  # the full-token steps on a schedule of their own: a warm restart, cosine to 0
+    # With full_token_lr, the last full_token_steps steps on a schedule of their own: config.lr's
+    # schedule ends where they begin, then a warm restart at full_token_lr, cosine to 0.
+    tail = min(int(config.full_token_steps), steps) if config.full_token_lr else 0
+    schedule = make_schedule(config.lr, steps - tail)
+    if tail:
         tail_lr = optax.cosine_decay_schedule(float(config.full_token_lr), tail)
-        schedule = optax.join_schedules([make_schedule(config.lr, steps - tail), tail_lr], [steps - tail])
+        schedule = optax.join_schedules([schedule, tail_lr], [steps - tail])
     mu_dtype = config_lib.DTYPES[o.mu_dtype]
     augreg = o.wd_convention == "augreg"
     wd = 0.0 if augreg else o.weight_decay
