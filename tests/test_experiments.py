@@ -150,9 +150,12 @@ def test_augreg_arms_table_and_gains(tmp_path):
 # ----------------------------------------------------------------------------- quick mode
 
 
-def experiment(name, tmp_path, *args):
+def experiment(name, tmp_path, *args, layers=1):
+    """The experiment's quick mode on digits, its runs cut to 20 steps of a `layers`-block model
+    (the quick grid's 4 blocks compile for longer and test nothing more in the sweep)."""
     cmd = [sys.executable, "-m", f"experiments.{name}", "--dataset", "digits", "--quick", "--root", str(tmp_path)]
-    cmd += ["--set", "total_steps=20", "--set", "checkpoint_every=10", *args]
+    cmd += ["--set", "total_steps=20", "--set", "checkpoint_every=10"]
+    cmd += ["--set", f"model.transformer.num_layers={layers}", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -165,12 +168,12 @@ def results(tmp_path, name):
 
 
 def test_cls_vs_gap_quick_resumes_over_sittings_then_attention_distance(tmp_path):
-    first = experiment("cls_vs_gap", tmp_path, "--max_runs", "2")  # a first sitting: 2 of the 4 runs
+    first = experiment("cls_vs_gap", tmp_path, "--max_runs", "2", layers=2)  # a first sitting: 2 of the 4 runs
     assert first.returncode == 0, first.stdout + first.stderr
     data, readme, _ = results(tmp_path, "cls_vs_gap")
     assert len(data["runs"]) == 2 and "Runs finished: 2 of 4" in readme
 
-    second = experiment("cls_vs_gap", tmp_path, "--fewshot")
+    second = experiment("cls_vs_gap", tmp_path, "--fewshot", layers=2)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "2 of 4 runs already finished, skipped" in second.stdout
     data, readme, out = results(tmp_path, "cls_vs_gap")
@@ -193,15 +196,15 @@ def test_cls_vs_gap_quick_resumes_over_sittings_then_attention_distance(tmp_path
     assert "| token | 5-shot linear |" in readme and "| gap | 10-shot linear |" in readme
     assert all(set(r["fewshot"]) == {"own/5", "own/10"} for r in data["runs"])
 
-    third = experiment("cls_vs_gap", tmp_path)
+    third = experiment("cls_vs_gap", tmp_path, layers=2)
     assert "4 of 4 runs already finished" in third.stdout and third.returncode == 0
 
-    attn = experiment("attention_distance", tmp_path, "--num_images", "32")
+    attn = experiment("attention_distance", tmp_path, "--num_images", "32", layers=2)
     assert attn.returncode == 0, attn.stdout + attn.stderr
     data, readme, out = results(tmp_path, "attention_distance")
     for head in ("token", "gap"):
         d = np.asarray(data["models"][head]["distances"])
-        assert d.shape == (1, 4, 4)  # seeds, blocks, heads
+        assert d.shape == (1, 2, 4)  # seeds, blocks, heads
         # Between the nearest possible (0, only itself) and the farthest pair on the 4x4 grid
         # of 2-pixel tokens (corner to corner: 2 * sqrt(18) px).
         assert (d > 0).all() and (d < 2 * math.sqrt(18)).all()
