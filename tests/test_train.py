@@ -307,6 +307,8 @@ PATCHDROP_OVERRIDES = {  # configs/fashion_mnist_augreg.py -> the measured patch
     "accum_steps": 2,
     "tta.flip": True,
     "tta.shift": 1,
+    "ema_decay": 0.0,
+    "ema_warmup": False,
     "total_steps": 18_000,
     "eval_every": 9000,
     "checkpoint_every": 9000,
