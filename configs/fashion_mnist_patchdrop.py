@@ -26,10 +26,10 @@ Measured on the 2-core CPU (2026-12-06), with DIR the original Fashion-MNIST fil
 accuracy with the 18 views (91.90% on the plain image; test loss 0.289) after 17 min 47 s
 wall-clock, at 2,060 to 2,820 images/s with patch dropout and 1,010 to 1,130 on every token. The
 target, 92.5% in 20 minutes, is met. Rerun the same morning: the same numbers to the last digit
-(the run is deterministic for its seed) after 17 min 35 s. The same steps with the 0.999 average (the config
-before this one) gave 92.27% (91.73%) in 19 min 25 s and 20 min 0 s on slower hours of the same
-host; its final checkpoint's own weights give 92.67% (91.90%) with the 18 views, this run's
-numbers, since the average never feeds back into training. Every run:
+(the run is deterministic for its seed) after 17 min 35 s. The same steps with the 0.999
+average (the config before this one) gave 92.27% (91.73%) in 19 min 25 s and 20 min 0 s on
+slower hours of the same host; its final checkpoint's own weights give 92.67% (91.90%) with the
+18 views, this run's numbers, since the average never feeds back into training. Every run:
 experiments/results/recipes.md, "Fashion-MNIST".
 """
 
@@ -53,9 +53,7 @@ def get_config():
     c.tta.shift = 1
     c.lr.base = 2e-3
     c.optim.weight_decay = 0.1
-    # No moving average: over the last 1,000 steps a 0.999 average still holds 37% (0.999**1000)
-    # of the patch-dropout weights, and evaluated with the 18 views it trails the final weights
-    # by 0.3 to 0.4 points (docstring).
+    # No moving average: it would carry the patch-dropout weights into the end (docstring).
     c.ema_decay = 0.0
     c.ema_warmup = False
     c.batch = 128
