@@ -35,7 +35,6 @@ def get_config(arg: str = "imagenet21k,b16"):
     c.model.transformer.attention_dropout_rate = 0.0
     c.dataset = r["dataset"]
     c.pp.crop = 224
-    c.pp.resize = 256
     c.batch = 4096
     c.epochs = float(r["epochs"])
     c.optim.name = "adamw"

@@ -32,11 +32,11 @@ def add_args(ap) -> None:
 
 def measure(workdir: str, num_images: int) -> tuple[np.ndarray, float]:
     """((blocks, heads) mean attention distance in pixels, the uniform-attention value) of a run."""
-    from vit_jax import analysis, input_pipeline, preprocess, runs
+    from vit_jax import analysis, data, preprocess, runs
 
     loaded = runs.from_workdir(workdir)
-    source = input_pipeline.get_source(loaded.config, "test")
-    images = np.asarray(preprocess.preprocess_eval(source.images[:num_images], loaded.pp))
+    source = data.get_source(loaded.config, "test")
+    images = np.asarray(preprocess.preprocess_eval(source.first_images(num_images), loaded.pp))
     distances = analysis.mean_attention_distance(loaded.model, loaded.params, images)
     grid, cell = analysis.token_grid(loaded.model, images.shape[1:3])
     uniform = float(analysis.patch_distances(grid, cell).mean())

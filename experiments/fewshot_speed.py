@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     import jax
 
     from vit_jax import config as config_lib
-    from vit_jax import features, input_pipeline, models, parallel, preprocess, runs
+    from vit_jax import data, features, models, parallel, preprocess, runs
 
     if args.workdir:
         loaded = runs.from_workdir(args.workdir)
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     config.train_split, config.test_split = f"train[:{args.examples}]", f"test[:{args.examples}]"
     sharding = parallel.batch_sharding(parallel.make_mesh(config.mesh))
     step = features.make_feature_step(model, preprocess.pp_dict(config), sharding)
-    train_source, test_source = input_pipeline.get_source(config, "train"), input_pipeline.get_source(config, "test")
+    train_source, test_source = data.get_source(config, "train"), data.get_source(config, "test")
 
     t0 = time.perf_counter()
     test = features.extract(step, params, test_source, 500, sharding)

@@ -311,7 +311,7 @@ def add_fewshot(records: list[dict[str, Any]], dataset: str, transfer: str | Non
 
 
 def _fewshot_of_run(workdir: str, targets: dict[str, str]) -> dict[str, float]:
-    from vit_jax import features, input_pipeline, parallel, preprocess, runs
+    from vit_jax import data, features, parallel, preprocess, runs
 
     loaded = runs.from_workdir(workdir)
     sharding = parallel.batch_sharding(parallel.make_mesh(loaded.config.mesh))
@@ -319,7 +319,7 @@ def _fewshot_of_run(workdir: str, targets: dict[str, str]) -> dict[str, float]:
     values = {}
     for label, dataset in targets.items():
         c = features.dataset_config(loaded.config, dataset)
-        train, test = input_pipeline.get_source(c, "train"), input_pipeline.get_source(c, "test")
+        train, test = data.get_source(c, "train"), data.get_source(c, "test")
         accs = features.fewshot_of_sampled(
             step, loaded.params, train, test, 500, sharding, shots=FEWSHOT_SHOTS, seeds=FEWSHOT_SEEDS
         )

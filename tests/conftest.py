@@ -58,6 +58,8 @@ FILE_SECONDS = {
     "test_evaluators.py": 10,
     "test_data.py": 9,
     "test_tfds.py": 8,
+    "test_streaming.py": 18,
+    "test_preview.py": 12,
 }
 
 
@@ -154,10 +156,11 @@ def resume_without_newest(config, workdir, dest, newest_step: int):
     return checkpoint.load(os.path.join(dest, "model.npz"))
 
 
-def run_main(*args, timeout=120):
-    """`python -m vit_jax.main ARGS` from the repo root, to its end; its exit status and output."""
+def run_main(*args, timeout=120, module="vit_jax.main"):
+    """`python -m vit_jax.main ARGS` (or another command module) from the repo root, to its end;
+    its exit status and output."""
     return subprocess.run(
-        [sys.executable, "-m", "vit_jax.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 

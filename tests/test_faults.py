@@ -23,6 +23,7 @@ from conftest import ROOT, error_lines, tiny_run_config
 
 from vit_jax import checkpoint, input_pipeline, preemption, train, train_state
 from vit_jax import config as config_lib
+from vit_jax import data as data_lib
 
 RUN = [
     "--config",
@@ -156,7 +157,7 @@ def test_a_stop_signal_before_the_loop_stops_at_once_and_keeps_the_checkpoints(
     src, _ = two_checkpoints
     workdir = _copy_run(src, tmp_path / "run")
     before = sorted(os.listdir(workdir / "checkpoints"))
-    target, name = (input_pipeline, "get_source") if when == "reading data" else (train, "build")
+    target, name = (data_lib, "get_source") if when == "reading data" else (train, "build")
     real = getattr(target, name)
 
     def signalled(*args, **kw):
@@ -452,21 +453,30 @@ def _garbage(rng, valid: bytes) -> list[bytes]:
 
 
 def test_fuzz_garbage_images_give_our_error_or_an_image(tmp_path):
+    """Damaged image files, decoded as a training batch would: each is named in the batch's
+    failures (the file path) or, where the decoder tolerates the change, a well-formed image."""
     from PIL import Image
 
+    from vit_jax.data import decode, folder, worker
+
     rng = np.random.default_rng(0)
+    spec = decode.HostSpec(size=(16, 16), area_min=0.3)
     for fmt in ("PNG", "JPEG"):
         path = tmp_path / f"valid.{fmt.lower()}"
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path, fmt)
+        paths = []
         for i, data in enumerate(_garbage(rng, path.read_bytes())):
             bad = tmp_path / f"g{i}.{fmt.lower()}"
             bad.write_bytes(data)
-            try:
-                img = input_pipeline.decode_image(str(bad), (16, 16))
-            except input_pipeline.DataError as e:
-                assert str(bad) in str(e)
-            else:  # a change the decoder tolerates still gives a well-formed image
-                assert img.shape == (16, 16, 3) and img.dtype == np.uint8
+            paths.append(bad.name)
+        reader = folder.FolderReader(folder.Listing.from_paths(str(tmp_path), paths, [0] * len(paths)))
+        for i, name in enumerate(paths):
+            task = {"spec": spec, "indices": np.array([i]), "rows": np.array([i]), "mode": "eval", "seed": 0, "step": 0}
+            header, images = worker.run_task(task, reader)
+            if header["status"][0] == worker.OK:  # a change the decoder tolerates still gives a well-formed image
+                assert images.shape == (1, 16, 16, 3) and images.dtype == np.uint8
+            else:
+                assert header["failures"][0][0] == str(tmp_path / name) and header["failures"][0][1]
 
 
 def test_fuzz_garbage_npz_and_idx_give_our_error(tmp_path):

@@ -3,6 +3,7 @@ in memory) and the original release's input-pipeline functions (get_dataset_info
 get_data_from_tfds, get_data_from_directory, prefetch), on a TFDS dataset prepared offline inside
 the test and on small image folders written here."""
 
+import io
 import os
 import re
 import struct
@@ -22,6 +23,8 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from vit_jax import input_pipeline, preprocess  # noqa: E402
 from vit_jax.configs import defaults  # noqa: E402
+from vit_jax.data import sources, tfds_source  # noqa: E402
+from vit_jax.data.decode import HostSpec  # noqa: E402
 from vit_jax.input_pipeline import DataError  # noqa: E402
 
 CLASSES = ["top", "middle", "bottom"]
@@ -94,6 +97,16 @@ def keys(images):
     return sorted(map(bytes, images.reshape(len(images), -1)))
 
 
+def decoded(encoded) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(encoded.numpy() if hasattr(encoded, "numpy") else encoded)))
+
+
+def images_of(source) -> np.ndarray:
+    """Every image of a source, in its order, as the evaluation reads it."""
+    batches = list(source.eval_batches(batch=64))
+    return np.concatenate([b["image"][b["mask"] > 0] for b in batches])
+
+
 # ----------------------------------------------------------------------------- TFDS split expressions
 
 
@@ -108,13 +121,13 @@ def test_tfds_split_expressions_count_as_tfds_reads_them(data_dir, expr, n):
 @pytest.mark.parametrize("expr", ["train[3:-4]+test[:5]", "train[:50%]"])
 @pytest.mark.parametrize("count", [2, 3])
 def test_tfds_process_parts_partition_the_expression(data_dir, expr, count):
-    source = input_pipeline.TfdsSource(run_config(data_dir), expr, (16, 16))
+    """A dataset read in sequence (TFRecord): each process reads its part of the expression."""
+    source = tfds_source.TfrecordSource(tfds_source.TfdsSplit(run_config(data_dir), expr), HostSpec((16, 16)), 0)
     full = read_split(data_dir, expr)[0]
     parts = [
-        np.stack([e["image"] for e in source.dataset(process_index=i, process_count=count, shuffle_seed=None)])
-        for i in range(count)
+        np.stack([decoded(e["image"]) for e in source._encoded(i, count, shuffle_seed=None)]) for i in range(count)
     ]
-    assert [len(p) for p in parts] == source.part_sizes(count)
+    assert [len(p) for p in parts] == source.info.part_sizes(count)
     assert keys(np.concatenate(parts)) == keys(full)  # disjoint and covering: no example twice or missing
     # Evaluation counts each example once, with the same number of batches on every process, even where
     # TFDS splits the pieces of 'a+b' separately and the parts differ by more than one.
@@ -186,10 +199,12 @@ SLICES = {
 @pytest.mark.parametrize("expr", SLICES)
 def test_image_folder_slices_pick_what_tfds_would(folder, data_dir, expr):
     root, arrays = folder
-    source = input_pipeline.load_image_folder(root, expr, (16, 16))
+    c = defaults.get_config()
+    c.dataset, c.pp.crop = root, 16
+    source = sources.open_image_folder(c, root, expr, "config.train_split")
     start, stop = SLICES[expr]
     assert len(source) == tfds.builder("tiny_bands", data_dir=data_dir).info.splits[expr].num_examples
-    np.testing.assert_array_equal(source.images, arrays["train"][start:stop])
+    np.testing.assert_array_equal(images_of(source), arrays["train"][start:stop])
     np.testing.assert_array_equal(source.labels, (np.arange(20) >= 10)[start:stop])
     assert source.num_classes == 2
 
@@ -199,8 +214,8 @@ def test_in_memory_split_errors_are_one_line(folder):
     c = defaults.get_config()
     c.dataset, c.pp.crop = root, 16
     cases = {
-        ("train", "train+test"): r"held in memory, where only NAME or NAME\[a:b\] work there .* 'train\+test' work "
-        "for TFDS datasets",
+        ("train", "train+test"): r"read by example index, where only NAME or NAME\[a:b\] work there .* "
+        r"'train\+test' work for TFDS datasets",
         ("train", "train[1shard]"): r"only NAME or NAME\[a:b\] work there",
         ("test", "train[:200]"): r"the bound 200 lies outside 'train', which has 20 examples",
         ("test", "train[:150%]"): r"the bound 150% lies outside 'train'",
@@ -225,9 +240,10 @@ def test_sliced_in_memory_splits_train_exactly_per_epoch_and_process(folder):
     root, arrays = folder
     c = defaults.get_config()
     c.dataset, c.pp.crop, c.train_split, c.test_split = root, 16, "train[20%:]", "train[:20%]"
+    c.pp.area_min, c.pp.flip = 1.0, False  # the host passes the 16x16 images on as they are
     train, held_out = input_pipeline.get_source(c, "train"), input_pipeline.get_source(c, "test")
     assert (len(train), len(held_out)) == (16, 4)  # a validation split carved out of train, disjoint
-    np.testing.assert_array_equal(held_out.images, arrays["train"][:4])
+    np.testing.assert_array_equal(images_of(held_out), arrays["train"][:4])
     for count in (1, 2):  # one epoch = 4 steps of 4: every example once, whatever the process count
         rows = [
             np.concatenate([next(it)["image"] for _ in range(4)])

@@ -36,13 +36,13 @@ def main(argv=None) -> int:
     if args.checkpoint and not args.images:
         ap.error("--checkpoint needs --images")
 
-    from vit_jax import analysis, errors, input_pipeline, preprocess, runs
+    from vit_jax import analysis, data, errors, preprocess, runs
 
     try:
         if args.workdir:
             loaded = runs.from_workdir(args.workdir)
-            source = input_pipeline.get_source(loaded.config, "test")
-            images = np.asarray(preprocess.preprocess_eval(source.images[: args.num_images], loaded.pp))
+            source = data.get_source(loaded.config, "test")
+            images = np.asarray(preprocess.preprocess_eval(source.first_images(args.num_images), loaded.pp))
             outdir = args.outdir or os.path.join(args.workdir, "analysis")
         else:
             loaded = runs.from_checkpoint(args.checkpoint, args.model, args.image_size)

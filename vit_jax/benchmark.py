@@ -160,10 +160,10 @@ def flop_count_config(config):
 def synthetic_batch(config, batch: int, num_classes: int, with_mask: bool = False) -> dict[str, Any]:
     import numpy as np
 
-    from vit_jax import input_pipeline
+    from vit_jax import data
 
     rng = np.random.default_rng(0)
-    h, w = input_pipeline.storage_size(config)
+    h, w = data.host_size(config)
     out = {
         "image": rng.integers(0, 256, (batch, h, w, config.pp.channels), dtype=np.uint8),
         "label": rng.integers(0, num_classes, batch).astype(np.int32),
@@ -180,14 +180,14 @@ def _one_device_mesh():
     return jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
 
 
-def _step_flops(config, num_classes: int, batch: int, mode: str) -> float | None:
+def _step_flops(config, num_classes: int, batch: int, mode: str, host_crop: bool = False) -> float | None:
     """FLOPs of one global step, compiled on one device without loops (not run)."""
     import jax
 
     from vit_jax import parallel, train
 
     c = flop_count_config(config)
-    prog = train.build(c, num_classes, steps=1, mesh=_one_device_mesh())
+    prog = train.build(c, num_classes, steps=1, mesh=_one_device_mesh(), host_crop=host_crop)
     state = jax.eval_shape(prog.init_state, jax.random.PRNGKey(0))
     data = parallel.global_batch(synthetic_batch(c, batch, num_classes, mode == "infer"), prog.data_sharding)
     if mode == "train":
@@ -197,13 +197,15 @@ def _step_flops(config, num_classes: int, batch: int, mode: str) -> float | None
     return compiled_flops(compiled)
 
 
-def _measure(config, num_classes: int, batch: int, mode: str, steps: int, warmup: int) -> dict[str, Any]:
+def _measure(
+    config, num_classes: int, batch: int, mode: str, steps: int, warmup: int, host_crop: bool = False
+) -> dict[str, Any]:
     import jax
     import numpy as np
 
     from vit_jax import parallel, train
 
-    prog = train.build(config, num_classes, steps=max(steps + warmup, 1))
+    prog = train.build(config, num_classes, steps=max(steps + warmup, 1), host_crop=host_crop)
     # With steps=0 only the compilation is measured: the state stays abstract (no memory).
     state = (prog.init_state if steps else partial(jax.eval_shape, prog.init_state))(jax.random.PRNGKey(0))
     data = parallel.global_batch(synthetic_batch(config, batch, num_classes, mode == "infer"), prog.data_sharding)
@@ -245,12 +247,14 @@ def _measure(config, num_classes: int, batch: int, mode: str, steps: int, warmup
 
 
 def measure_input(config, batch: int, steps: int) -> dict[str, Any]:
-    """Images per second of the config's real input pipeline alone (read, gather, transfer)."""
+    """Images per second of the config's real input pipeline alone: reading, decoding and the host
+    crop (in config.data_workers processes, for the sources read by index), the batch handed to
+    the device. The first batch (the workers starting) is timed apart."""
     import jax
 
-    from vit_jax import input_pipeline, parallel
+    from vit_jax import data, parallel
 
-    source = input_pipeline.get_source(config, "train")
+    source = data.get_source(config, "train")
     sharding = parallel.batch_sharding(parallel.make_mesh())
     batches = source.train_batches(
         batch=batch,
@@ -258,12 +262,29 @@ def measure_input(config, batch: int, steps: int) -> dict[str, Any]:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    jax.block_until_ready(parallel.global_batch(next(batches), sharding))
-    t = time.perf_counter()
-    for _ in range(steps):
+    try:
+        t = time.perf_counter()
         jax.block_until_ready(parallel.global_batch(next(batches), sharding))
-    dt = (time.perf_counter() - t) / steps
-    return {"mode": "input", "batch": batch, "step_ms": dt * 1e3, "images_per_s": batch / dt}
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(steps):
+            jax.block_until_ready(parallel.global_batch(next(batches), sharding))
+        dt = (time.perf_counter() - t) / steps
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()
+    cores = os.cpu_count() or 1
+    workers = data.data_workers(config) if source.host_crop else 0
+    return {
+        "mode": "input",
+        "batch": batch,
+        "step_ms": dt * 1e3,
+        "images_per_s": batch / dt,
+        "images_per_s_per_core": batch / dt / cores,
+        "cores": cores,
+        "data_workers": workers,
+        "first_batch_s": first,
+    }
 
 
 def op_breakdown(trace_dir: str, steps: int, top: int = 12) -> list[dict[str, Any]]:
@@ -298,13 +319,15 @@ def op_breakdown(trace_dir: str, steps: int, top: int = 12) -> list[dict[str, An
     ]
 
 
-def profile_step(config, num_classes: int, mode: str, steps: int, trace_dir: str) -> list[dict[str, Any]]:
+def profile_step(
+    config, num_classes: int, mode: str, steps: int, trace_dir: str, host_crop: bool = False
+) -> list[dict[str, Any]]:
     """Runs `steps` of the compiled step under the profiler; returns op_breakdown."""
     import jax
 
     from vit_jax import parallel, train
 
-    prog = train.build(config, num_classes, steps=steps + 1)
+    prog = train.build(config, num_classes, steps=steps + 1, host_crop=host_crop)
     state = prog.init_state(jax.random.PRNGKey(0))
     data = parallel.global_batch(
         synthetic_batch(config, int(config.batch), num_classes, mode == "infer"), prog.data_sharding
@@ -325,18 +348,28 @@ def profile_step(config, num_classes: int, mode: str, steps: int, trace_dir: str
     return op_breakdown(trace_dir, steps)
 
 
-def num_classes_of(config) -> int:
-    """The dataset's class count when its data is at hand, else 1000 (the head barely matters)."""
-    from vit_jax import input_pipeline
+def dataset_facts(config) -> tuple[int, bool]:
+    """(class count, whether the host crops) of the config's dataset when it is at hand, else
+    (1000, False): the head barely matters, and synthetic batches are cropped on the device."""
+    from vit_jax import data
 
     try:
-        return input_pipeline.get_source(config, "test").num_classes
-    except (input_pipeline.DataError, OSError):
-        return 1000
+        source = data.get_source(config, "test")
+    except (data.DataError, OSError):
+        return 1000, False
+    return source.num_classes, source.host_crop
 
 
 def run(
-    config, *, name: str, num_classes: int, modes: list[str], steps: int = 10, warmup: int = 2, matmul_size: int = 4096
+    config,
+    *,
+    name: str,
+    num_classes: int,
+    modes: list[str],
+    steps: int = 10,
+    warmup: int = 2,
+    matmul_size: int = 4096,
+    host_crop: bool = False,
 ):
     """One report dict per mode; see the module docstring for the fields."""
     import jax
@@ -360,8 +393,8 @@ def run(
         if mode == "input":
             results.append(measure_input(config, batch, steps))
             continue
-        r = _measure(config, num_classes, batch, mode, steps, warmup)
-        r["flops_per_step"] = _step_flops(config, num_classes, batch, mode)
+        r = _measure(config, num_classes, batch, mode, steps, warmup, host_crop)
+        r["flops_per_step"] = _step_flops(config, num_classes, batch, mode, host_crop)
         results.append(r)
     report = []
     if any(r["mode"] != "input" for r in results):
@@ -394,7 +427,11 @@ def _gib(b):
 
 def format_line(r: dict[str, Any]) -> str:
     if r["mode"] == "input":
-        return f"{r['config']} input: {r['step_ms']:.1f} ms/batch of {r['batch']}, {r['images_per_s']:.0f} img/s"
+        return (
+            f"{r['config']} input: {r['step_ms']:.1f} ms/batch of {r['batch']}, {r['images_per_s']:.0f} img/s "
+            f"({r['images_per_s_per_core']:.0f} per core of {r['cores']}; {r['data_workers']} decode workers; "
+            f"first batch {r['first_batch_s']:.2f} s)"
+        )
     util = f"{100 * r['utilisation']:.0f}%" if r["utilisation"] else "n/a"
     flops = f"{r['gflops_per_image']:.3f} GFLOP/img" if r["gflops_per_image"] else "FLOPs n/a"
     achieved = f"{r['achieved_gflops']:.0f} GFLOP/s" if r["achieved_gflops"] else "n/a"
@@ -449,13 +486,13 @@ def main(argv: list[str] | None = None) -> int:
                 config.model[field] = value
         config.model.dtype = FLAGS.dtype or "float32"
         config.accum_steps = FLAGS.accum_steps or 1
-        name, num_classes = f"{config.model_name} {FLAGS.image_size}px", FLAGS.num_classes
+        name, num_classes, host_crop = f"{config.model_name} {FLAGS.image_size}px", FLAGS.num_classes, False
     else:
         config = FLAGS.config
         if FLAGS.batch:
             config.unlock()
             config.batch = FLAGS.batch
-        name, num_classes = FLAGS["config"].config_filename, num_classes_of(FLAGS.config)
+        name, (num_classes, host_crop) = FLAGS["config"].config_filename, dataset_facts(FLAGS.config)
     modes = ["infer", "train"] if FLAGS.mode == "both" else [FLAGS.mode]
     try:
         report = run(
@@ -466,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=FLAGS.steps,
             warmup=FLAGS.warmup,
             matmul_size=FLAGS.matmul_size,
+            host_crop=host_crop,
         )
     except errors.UserError as e:
         return errors.report(e)
@@ -474,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     if FLAGS.profile:
         for mode in (m for m in modes if m != "input"):
             trace_dir = os.path.join(FLAGS.profile, mode)
-            for row in profile_step(config, num_classes, mode, FLAGS.steps, trace_dir):
+            for row in profile_step(config, num_classes, mode, FLAGS.steps, trace_dir, host_crop):
                 row = dict(row, config=name, mode=mode)
                 print(
                     json.dumps(row)

@@ -252,6 +252,8 @@ def _range_checks(config) -> list[tuple[str, Any, Any, str]]:
             _unset_or(is_size),
             "use a positive size, or leave it unset to decode at the crop size",
         ),
+        ("pp.eval_crop_pct", config.pp.eval_crop_pct, lambda v: _is_number(v) and 0 <= v <= 1, "use 0 or a fraction"),
+        ("data_workers", config.data_workers, _unset_or(lambda v: _is_int(v) and v >= 0), "use 0 or more processes"),
         ("pp.channels", config.pp.channels, lambda v: v in (1, 3), "use 1 or 3"),
         ("pp.area_min", config.pp.area_min, lambda v: _is_number(v) and 0 < v <= 1, "use a fraction in (0, 1]"),
         ("pp.pad", config.pp.pad, lambda v: _is_int(v) and v >= 0, "use 0 or more pixels"),

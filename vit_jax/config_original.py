@@ -173,6 +173,8 @@ def _translate_pp(values: dict, out: dict, notes: list[str]) -> None:
         else:
             out[f"{mode}_split"] = split
             notes.append(f"pp.{mode} -> {mode}_split")
+    if "resize" in pp:  # the original's pipeline never read it: it resized the crop straight to pp.crop
+        notes.append(f"pp.resize={pp.pop('resize')} (not used: the crop is resized straight to pp.crop)")
     out["pp"] = pp
 
 

@@ -77,7 +77,7 @@ def run(args) -> dict:
     """{dataset: {'fewshot': {'5': mean, ...}, 'fewshot_std': {...}, 'knn', 'linear_probe'}}."""
     import numpy as np
 
-    from vit_jax import features, input_pipeline, parallel, preprocess
+    from vit_jax import data, features, parallel, preprocess
 
     model, params, config = _model_and_config(args)
     with config.unlocked():
@@ -91,7 +91,7 @@ def run(args) -> dict:
     results = {}
     for name in names:
         c = features.dataset_config(config, name)
-        train_source, test_source = input_pipeline.get_source(c, "train"), input_pipeline.get_source(c, "test")
+        train_source, test_source = data.get_source(c, "train"), data.get_source(c, "test")
         train = features.extract(step, params, train_source, args.batch, sharding)
         test = features.extract(step, params, test_source, args.batch, sharding)
         r = features.evaluate(

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax import evaluators, input_pipeline, parallel, preprocess
+from vit_jax import evaluators, parallel, preprocess
+from vit_jax.data import get_source
 
 log = logging.getLogger("vit_jax")
 
@@ -111,7 +112,7 @@ class FewshotEvaluator:
         self.sources = {}
         for name in self.names:
             c = dataset_config(config, name)
-            self.sources[name] = (input_pipeline.get_source(c, "train"), input_pipeline.get_source(c, "test"))
+            self.sources[name] = (get_source(c, "train"), get_source(c, "test"))
         self.step_fn = make_feature_step(model, pp, sharding)
         self.sharding = sharding
 
@@ -155,14 +156,12 @@ def fewshot_of_sampled(
 ) -> dict[int, list[float]]:
     """`evaluators.fewshot_accuracy` computing features of the sampled shots only (not the whole
     training split): the samples depend on the labels alone, so the numbers are the same, at the
-    cost of a few hundred images. `train_source` must hold its labels (an in-memory source)."""
+    cost of a few hundred images (a source read by index reads only those)."""
     labels = np.asarray(train_source.labels)
     k = train_source.num_classes
     picks = {(n, s): evaluators.sample_shots(labels, k, n, s) for n in shots for s in seeds}
     pool = np.unique(np.concatenate(list(picks.values())))
-    sub = input_pipeline.ArraySource(
-        train_source.images[pool], labels[pool], k, train_source.class_names, train_source.name
-    )
+    sub = train_source.select(pool)
     pool_x, pool_y = extract(feature_step, params, sub, batch, sharding)
     test_x, test_y = extract(feature_step, params, test_source, batch, sharding)
     where = {int(i): j for j, i in enumerate(pool)}

@@ -74,7 +74,7 @@ def config_arg_name(argv: list[str]) -> str:
     return (_config_arg(argv) or "the config").partition(":")[0]
 
 
-def _parse(argv: list[str]):
+def parse(argv: list[str]):
     """(config, config argument, workdir) from the command line; a ConfigError for any mistake."""
     from vit_jax import config as config_lib  # the flags' own modules, no JAX yet
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    config, config_arg, workdir = _parse(argv)
+    config, config_arg, workdir = parse(argv)
     # Heavy imports after the flags are checked.
     from vit_jax import config as config_lib
     from vit_jax import config_original, parallel, preemption, train

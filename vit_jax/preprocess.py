@@ -129,13 +129,15 @@ def preprocess_eval_view(images, pp, view, shift: int) -> jax.Array:
     return _to_model_input(x, pp["channels"])
 
 
-def pp_dict(config) -> dict[str, Any]:
-    """The preprocessing fields the jitted steps need, as plain Python values."""
+def pp_dict(config, host_crop: bool = False) -> dict[str, Any]:
+    """The preprocessing fields the jitted steps need, as plain Python values. With `host_crop`
+    (a streaming source: the host took the Inception crop and flip, `vit_jax.data.decode`), the
+    device takes neither: it keeps pad-and-crop, the resize to pp.crop and what follows."""
     pp = config.pp
     return {
         "crop": to_pair(pp.crop),
-        "area_min": float(pp.area_min),
-        "flip": bool(pp.flip),
+        "area_min": 1.0 if host_crop else float(pp.area_min),
+        "flip": False if host_crop else bool(pp.flip),
         "channels": int(pp.channels),
         "pad": int(pp.pad),
         "randaug": (int(pp.randaug.num_layers), float(pp.randaug.magnitude)),

@@ -10,7 +10,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax import checkpoint, errors, input_pipeline, models, preprocess
+from vit_jax import checkpoint, errors, models, preprocess
+from vit_jax.data import decode
+from vit_jax.data.common import IMAGE_EXTENSIONS
+from vit_jax.data.sources import host_spec
+from vit_jax.utils import to_pair
 
 
 class RunError(errors.UserError):
@@ -22,7 +26,7 @@ class LoadedModel:
     model: Any
     params: Any
     class_names: list[str]
-    pp: dict[str, Any]  # evaluation preprocessing: crop, channels (and the host decode size)
+    pp: dict[str, Any]  # evaluation preprocessing: crop, channels, and 'host' (a data.decode.HostSpec)
     config: ml_collections.ConfigDict | None = None
     source: str = ""
 
@@ -51,7 +55,7 @@ def from_workdir(workdir: str) -> LoadedModel:
         params = checkpoint.stack_blocks(params)
     model = models.VisionTransformer(num_classes=num_classes, **kw)
     pp = preprocess.pp_dict(config)
-    pp["decode_size"] = input_pipeline.storage_size(config)
+    pp["host"] = host_spec(config)
     return LoadedModel(model, params, class_names, pp, config, source)
 
 
@@ -80,7 +84,7 @@ def from_checkpoint(
             class_names = [line.strip() for line in f if line.strip()]
     else:
         class_names = p.class_names or [str(i) for i in range(p.num_classes)]
-    pp = {"crop": size, "channels": 3, "decode_size": size}
+    pp = {"crop": size, "channels": 3, "host": decode.HostSpec(size=to_pair(size))}
     return LoadedModel(p.model(), p.params, class_names, pp, None, p.source)
 
 
@@ -90,12 +94,17 @@ def load_images(paths: list[str], loaded: LoadedModel) -> tuple[np.ndarray, list
     Returns (images in [-1, 1], paths read, one error message per unreadable file).
     """
     arrays, ok, failures = [], [], []
+    spec = loaded.pp["host"]
     for p in paths:
+        image = np.empty((*spec.size, 3), np.uint8)
         try:
-            arrays.append(input_pipeline.decode_image(p, tuple(loaded.pp["decode_size"])))
-            ok.append(p)
-        except input_pipeline.DataError as e:
-            failures.append(str(e))
+            with open(p, "rb") as f:
+                decode.eval_image(f.read(), spec, image)
+        except (OSError, decode.DecodeError) as e:
+            failures.append(f"Cannot read image {p} ({e}); replace or remove the file.")
+            continue
+        arrays.append(image)
+        ok.append(p)
     if not arrays:
         return np.zeros((0,)), ok, failures
     batch = jnp.asarray(np.stack(arrays))
@@ -108,7 +117,7 @@ def image_files(directory: str) -> list[str]:
         raise RunError(f"Image directory {directory} does not exist.")
     found = []
     for root, _, files in os.walk(directory):
-        found += [os.path.join(root, f) for f in files if f.lower().endswith(input_pipeline.IMAGE_EXTENSIONS)]
+        found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not found:
         raise RunError(f"No image files (.jpg, .png, ...) under {directory}.")
     return sorted(found)

@@ -1,4 +1,5 @@
-"""Training and evaluation: the jitted steps and the loop (the optimizer is `optimizer.py`).
+"""Training and evaluation: the program and the loop (the steps are `steps.py`, the optimizer
+`optimizer.py`).
 
 `run` reads top to bottom in named phases: load the data, build the program (model,
 optimizer, shardings, jitted steps), restore the latest checkpoint or initialise (from
@@ -28,11 +29,9 @@ import numpy as np
 import optax
 
 from vit_jax import (
-    augment,
     checkpoint,
     config_original,
     features,
-    input_pipeline,
     metrics,
     models,
     optimizer,
@@ -42,151 +41,10 @@ from vit_jax import (
     train_state,
 )
 from vit_jax import config as config_lib
+from vit_jax import data as data_lib
+from vit_jax.steps import cross_entropy, eval_params, make_eval_step, make_train_step, soft_targets  # noqa: F401
 
 log = logging.getLogger("vit_jax")
-
-
-# ----------------------------------------------------------------------------- steps
-
-
-def soft_targets(labels, num_classes: int, smoothing: float = 0.0):
-    """One-hot targets, with optional label smoothing."""
-    targets = jax.nn.one_hot(labels, num_classes)
-    return optax.smooth_labels(targets, smoothing) if smoothing else targets
-
-
-def cross_entropy(logits, labels, num_classes: int, smoothing: float = 0.0):
-    """Per-example softmax cross-entropy in float32, with optional label smoothing."""
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), soft_targets(labels, num_classes, smoothing))
-
-
-def eval_params(state):
-    """The parameters a run evaluates and exports: the moving average when the run keeps one."""
-    return state["ema"] if "ema" in state else state["params"]
-
-
-def make_train_step(
-    model,
-    tx,
-    schedule,
-    *,
-    pp: dict[str, Any],
-    num_classes: int,
-    accum_steps: int = 1,
-    label_smoothing: float = 0.0,
-    mixup: dict[str, float] | None = None,
-    ema: tuple[float, bool] | None = None,
-    skip_nonfinite: bool = False,
-    batch_sharding=None,
-):
-    """step(state, batch, base_rng) -> (state, metrics); pure, for jax.jit.
-
-    The batch is split into `accum_steps` micro-batches (interleaved rows, so each
-    spans every device), each with its own dropout, augmentation and mixing keys;
-    gradients are averaged before one optimizer update. `mixup` (augment.mix_batch's
-    keyword arguments) mixes images and targets within each micro-batch. With `ema`
-    = (decay, warmup), state['ema'] follows the parameters after every update. With
-    `batch_sharding`, the model's activations are kept split like the batch (see
-    parallel.split_activations_like). metrics['finite'] is False when the loss or the
-    gradient is not finite; with `skip_nonfinite` that step's update is not applied.
-    """
-    accum = int(accum_steps)
-
-    def micro_grads(params, images, labels, rng):
-        k_aug, k_drop = jax.random.split(rng)
-        x = preprocess.preprocess_train(images, k_aug, pp)
-        targets = soft_targets(labels, num_classes, label_smoothing)
-        if mixup:
-            x, targets = augment.mix_batch(x, targets, jax.random.fold_in(rng, 2), **mixup)
-
-        def loss_fn(p):
-            with parallel.split_activations_like(batch_sharding):
-                logits = model.apply({"params": p}, x, train=True, rngs={"dropout": k_drop})
-            return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
-
-        return jax.value_and_grad(loss_fn)(params)
-
-    def step(state, batch, base_rng):
-        params = state["params"]
-        rng = jax.random.fold_in(base_rng, state["step"])
-        if accum == 1:
-            loss, grads = micro_grads(params, batch["image"], batch["label"], rng)
-        else:
-
-            def split(a):  # (B, ...) -> (accum, B / accum, ...), micro-batch i = rows i, i + accum, ...
-                return jnp.swapaxes(a.reshape(a.shape[0] // accum, accum, *a.shape[1:]), 0, 1)
-
-            def body(carry, xs):
-                images, labels, i = xs
-                loss, grads = micro_grads(params, images, labels, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (loss, grads)), None
-
-            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-            xs = (split(batch["image"]), split(batch["label"]), jnp.arange(accum))
-            (loss, grads), _ = jax.lax.scan(body, zeros, xs)
-            loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        grad_norm = optax.global_norm(grads)
-        new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
-        if ema is not None:
-            new_state["ema"] = optimizer.ema_update(state["ema"], new_state["params"], state["step"], *ema)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        if skip_nonfinite:  # a non-finite batch leaves parameters and optimizer state as they were
-            old = {k: state[k] for k in new_state}
-            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old)
-        new_state["step"] = state["step"] + 1
-        out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), "finite": finite}
-        return new_state, out
-
-    return step
-
-
-def make_eval_step(model, *, pp: dict[str, Any], num_classes: int, batch_sharding=None, tta=None):
-    """step(params, batch) -> sums of correct predictions, loss and examples, over the masked rows.
-
-    With test-time augmentation, `tta=(flip, shift)` (config.tta), the prediction is the mean of
-    the softmax probabilities over preprocess.tta_views, the loss its cross-entropy, and
-    `correct_1view` counts the plain image's correct predictions alone.
-    """
-
-    def logits_of(params, x):
-        with parallel.split_activations_like(batch_sharding):
-            return model.apply({"params": params}, x, train=False).astype(jnp.float32)
-
-    def step(params, batch):
-        x = preprocess.preprocess_eval(batch["image"], pp)
-        logits = logits_of(params, x)
-        loss = cross_entropy(logits, batch["label"], num_classes)
-        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-        m = batch["mask"]
-        return {"correct": jnp.sum(correct * m), "loss": jnp.sum(loss * m), "count": jnp.sum(m)}
-
-    views = preprocess.tta_views(*tta) if tta else [(0, 0, 0)]
-    if len(views) == 1:
-        return step
-    shift = tta[1]
-
-    def tta_step(params, batch):
-        label, m = batch["label"], batch["mask"]
-        logits = logits_of(params, preprocess.preprocess_eval(batch["image"], pp))
-
-        def add_view(log_total, view):
-            x = preprocess.preprocess_eval_view(batch["image"], pp, view, shift)
-            return jnp.logaddexp(log_total, jax.nn.log_softmax(logits_of(params, x))), None
-
-        # log of the summed probabilities, accumulated in log space so none underflows to 0
-        log_total, _ = jax.lax.scan(add_view, jax.nn.log_softmax(logits), jnp.asarray(views[1:], jnp.int32))
-        log_mean = log_total - np.log(len(views))
-        correct = (jnp.argmax(log_mean, -1) == label).astype(jnp.float32)
-        correct_1view = (jnp.argmax(logits, -1) == label).astype(jnp.float32)
-        return {
-            "correct": jnp.sum(correct * m),
-            "loss": -jnp.sum(jnp.take_along_axis(log_mean, label[:, None], axis=1)[:, 0] * m),
-            "count": jnp.sum(m),
-            "correct_1view": jnp.sum(correct_1view * m),
-        }
-
-    return tta_step
 
 
 def make_update_fn(*, apply_fn, accum_steps, tx):
@@ -274,9 +132,10 @@ class Program:
     train_step_full: Any = None
 
 
-def build(config, num_classes: int, steps: int, mesh=None) -> Program:
+def build(config, num_classes: int, steps: int, mesh=None, host_crop: bool = False) -> Program:
     """Model, optimizer, shardings and the jitted steps of a resolved config, over `mesh`
-    (default: config.mesh over every device)."""
+    (default: config.mesh over every device). `host_crop`: the source crops and flips on the
+    host (a streaming source), so the device leaves both out."""
     mesh = mesh or parallel.make_mesh(config.mesh)
     data_sharding, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     kw = config_lib.model_kwargs(config)
@@ -285,7 +144,7 @@ def build(config, num_classes: int, steps: int, mesh=None) -> Program:
         # the saved activations stay live; inside a scanned loop the recomputation stays put.
         log.warning("remat without scan saves no memory on CPU; set config.model.scan=True as well.")
     model = models.VisionTransformer(num_classes=num_classes, **kw)
-    pp = preprocess.pp_dict(config)
+    pp = preprocess.pp_dict(config, host_crop=host_crop)
     crop_hw = pp["crop"]
     dummy = jnp.zeros((1, *crop_hw, config.pp.channels), jnp.float32)
     tx, schedule = optimizer.make_optimizer(config, steps, num_layers=kw["transformer"]["num_layers"])
@@ -487,10 +346,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 f.write(config.to_json_best_effort(indent=1) + "\n")
         writer = stack.enter_context(metrics.MetricWriter(workdir, enabled=is_main))
         with stop.at_once():  # reading files (or a TFDS download) may take long
-            train_source, test_source = load_data(config)
+            train_source, test_source = load_data(config, cache_dir=wd / "data")
         stop.stop_early()
         steps = config_lib.total_steps(config, len(train_source))
-        prog = build(config, train_source.num_classes, steps)
+        prog = build(config, train_source.num_classes, steps, host_crop=train_source.host_crop)
         state = restore_or_initialise(config, prog, wd)
         ckpts = stack.enter_context(train_state.Checkpoints(workdir, config.keep_checkpoints))
         evaluate_test = lambda state, step_fn=prog.eval_step: evaluate(  # noqa: E731
@@ -500,9 +359,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if config.fewshot.every:
             with stop.at_once():
                 fewshot = features.FewshotEvaluator(config, prog.model, preprocess.pp_dict(config), prog.data_sharding)
-        state, stopped = train_loop(
-            config, prog, state, train_source, steps, stop, ckpts, writer, evaluate_test, fewshot
-        )
+        start = int(jax.device_get(state["step"]))
+        batches = stack.enter_context(contextlib.closing(open_batches(config, prog, train_source, start)))
+        state, stopped = train_loop(config, prog, state, batches, steps, stop, ckpts, writer, evaluate_test, fewshot)
         if stopped:
             return stopped
         result = evaluate_test(state, prog.eval_step_tta or prog.eval_step)
@@ -514,10 +373,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return result
 
 
-def load_data(config) -> tuple[Any, Any]:
+def load_data(config, cache_dir: str | None = None) -> tuple[Any, Any]:
     """The training and test sources, and the log line that describes them."""
-    train_source = input_pipeline.get_source(config, "train")
-    test_source = input_pipeline.get_source(config, "test")
+    train_source = data_lib.get_source(config, "train", cache_dir)
+    test_source = data_lib.get_source(config, "test", cache_dir)
     log.info(
         "Data: %s, %d train / %d test examples, %d classes. %d processes, %d devices.",
         train_source.name,
@@ -568,13 +427,9 @@ def restore_or_initialise(config, prog: "Program", wd: train_state.Workdir):
     return state
 
 
-def train_loop(config, prog, state, source, steps: int, stop, ckpts, writer, evaluate_test, fewshot=None):
-    """Trains from the state's step to `steps`: logs at config.progress_every, saves at
-    config.checkpoint_every, evaluates at config.eval_every (and few-shot at config.fewshot.every
-    with `fewshot`, a features.FewshotEvaluator), and on a stop signal saves the step reached.
-    Returns (state, None), or (state, {'stopped', 'step'}) when stopped."""
-    start = int(jax.device_get(state["step"]))
-    batches = source.train_batches(
+def open_batches(config, prog, source, start: int):
+    """This process's rows of the training batches from step `start` on (close it when done)."""
+    return source.train_batches(
         batch=config.batch,
         seed=config.seed,
         start_step=start,
@@ -582,6 +437,21 @@ def train_loop(config, prog, state, source, steps: int, stop, ckpts, writer, eva
         process_count=jax.process_count(),
         rows=parallel.local_rows(prog.data_sharding, config.batch),
     )
+
+
+def data_counts(batches) -> dict[str, int]:
+    """What a streaming source reports with each progress record: examples it replaced since the
+    last one because their files could not be read (vit_jax.data.streaming)."""
+    take = getattr(batches, "take_replaced", None)
+    return {"bad_examples": take()} if take else {}
+
+
+def train_loop(config, prog, state, batches, steps: int, stop, ckpts, writer, evaluate_test, fewshot=None):
+    """Trains from the state's step to `steps` on `batches` (open_batches): logs at
+    config.progress_every, saves at config.checkpoint_every, evaluates at config.eval_every (and
+    few-shot at config.fewshot.every with `fewshot`, a features.FewshotEvaluator), and on a stop
+    signal saves the step reached. Returns (state, None), or (state, {'stopped', 'step'})."""
+    start = int(jax.device_get(state["step"]))
     base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), prog.replicated)
     pending = PendingMetrics(ckpts, config.skip_nonfinite_steps)
     t_start = t_last = time.perf_counter()
@@ -601,7 +471,9 @@ def train_loop(config, prog, state, source, steps: int, stop, ckpts, writer, eva
         if itstime(step, config.progress_every, steps):
             pending.fetch()
             now = time.perf_counter()
-            values = pending.summary(images_per_s=(step - step_last) * config.batch / (now - t_last))
+            values = pending.summary(
+                images_per_s=(step - step_last) * config.batch / (now - t_last), **data_counts(batches)
+            )
             log_progress(step, steps, values, eta=(steps - step) * (now - t_start) / max(step - start, 1))
             writer.write("train", step, values)
             t_last, step_last = now, step

@@ -21,9 +21,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.tfds_download = False
     c.pp = ml_collections.ConfigDict()
     c.pp.crop = 224  # model input size
-    c.pp.resize = config_dict.placeholder(int)  # host decode size of variable-size images (default: crop)
+    # Image folders and TFDS datasets are decoded and cropped on the host (vit_jax/data/decode.py):
+    # the Inception crop of the full image in training, the whole image in evaluation, resized to
+    # `resize` (unset: `crop`); the device resizes to `crop` where the two differ (tiny images
+    # such as CIFAR's 32 px, upsampled on the device). Held-in-memory sources (digits, IDX files,
+    # small TFDS datasets of fixed-size images) are cropped on the device and ignore `resize`.
+    c.pp.resize = config_dict.placeholder(int)
     c.pp.area_min = 0.05  # Inception crop: 5% to 100% of the area; 1.0 = no crop
     c.pp.flip = True
+    # Evaluation of host-decoded images: 0 resizes the whole image (the original's); a fraction
+    # takes timm's centre crop, e.g. 0.875 (the resize-to-256-then-crop-224 of ImageNet models).
+    c.pp.eval_crop_pct = 0.0
     c.pp.channels = 3  # 1-channel data is repeated to 3 for RGB models
     # Augmentation of training images, on the device inside the train step (vit_jax/augment.py);
     # every one is off by default. `pad`: pixels of black border added before the crop (with
@@ -41,6 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
     # the subset depends on `train_subset_seed`, not on `seed`, so every run sees the same one.
     c.train_examples = config_dict.placeholder(int)
     c.train_subset_seed = 0
+    # Processes that decode image folders and TFDS datasets (unset: one per core, at most 32;
+    # 0: decode in the training process itself, without prefetching).
+    c.data_workers = config_dict.placeholder(int)
 
     # Model: a registered name (vit_jax.configs.models), then any field in `model`
     # that is set overrides it. Without a name, `model` must define the whole model.
