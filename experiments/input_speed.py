@@ -17,6 +17,9 @@ The timing runs, in alternating rounds, each in a fresh process:
 - `folder` and `tfds`: `python -m vit_jax.benchmark --mode input` on the image folder and on
   the ArrayRecord copy: listing or index, the host crop (the same area range, flips, 224 px,
   decoded by `config.data_workers` processes), and the batch put on the device.
+- `grain` (with --grain, after `pip install grain`): the same decode function (this project's
+  worker task, whole batches of 64 in the image folder) fed through Grain's
+  `MapDataset(...).mp_prefetch` with as many worker processes, instead of `vit_jax.data.pool`.
 Results: a table on stdout and experiments/results/input_speed.json.
 """
 
@@ -31,24 +34,33 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 64
-ORIGINAL = """
+# Both timing scripts: 5 batches untimed, then {steps} timed from an iterator.
+TIMED = """
+def timed(it):
+    for _ in range(5):
+        next(it)
+    t = time.perf_counter()
+    for _ in range({steps}):
+        next(it)
+    dt = (time.perf_counter() - t) / {steps}
+    print(json.dumps({{"images_per_s": {batch} / dt}}), flush=True)
+"""
+ORIGINAL = (
+    """
 import importlib.util, json, os, sys, time
 import ml_collections
+"""
+    + TIMED
+    + """
 spec = importlib.util.spec_from_file_location("original_input_pipeline", sys.argv[1])
 ip = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ip)
 c = ml_collections.ConfigDict(dict(dataset="photo_jpegs", tfds_data_dir=os.environ["TFDS_DATA_DIR"],
     tfds_manual_dir=None, batch={batch}, batch_eval={batch}, shuffle_buffer=50_000,
     pp=dict(train="train", test="test", crop=224)))
-it = ip.get_data_from_tfds(config=c, mode="train").as_numpy_iterator()
-for _ in range(5):
-    next(it)
-t = time.perf_counter()
-for _ in range({steps}):
-    next(it)
-dt = (time.perf_counter() - t) / {steps}
-print(json.dumps({{"images_per_s": {batch} / dt}}))
+timed(ip.get_data_from_tfds(config=c, mode="train").as_numpy_iterator())
 """
+)
 
 
 def photo_jpegs(out_dir: str, count: int, seed: int) -> list[int]:
@@ -133,12 +145,72 @@ def time_ours(data: str, kind: str, steps: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(data: str, source_tree: str, rounds: int, steps: int) -> dict:
-    runs = {"original": [], "folder": [], "tfds": []}
+GRAIN = (
+    """
+import json, os, sys, time
+import grain
+import numpy as np
+from absl import flags
+from vit_jax.configs import defaults
+from vit_jax.data import get_source, worker
+from vit_jax.data.index import global_batch_indices
+from vit_jax.data.pool import Job
+
+flags.FLAGS.mark_as_parsed()  # grain reads absl flags
+"""
+    + TIMED
+    + """
+
+
+class Batch:
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, step):
+        s = self.source
+        job = Job(s.reader, s.key, "train", s.spec, global_batch_indices(0, step, len(s), {batch}), np.arange({batch}),
+                  step=step)
+        header, images = worker.run_task(job.task(0, {batch}, True), s.reader)
+        return {{"image": images, "label": header["labels"]}}
+
+
+if __name__ == "__main__":
+    c = defaults.get_config()
+    c.dataset, c.pp.crop = sys.argv[1], 224
+    source = get_source(c, "train")
+    workers = os.cpu_count()
+    ds = grain.MapDataset.range(0, 10**6).map(Batch(source)).to_iter_dataset(grain.ReadOptions(num_threads=0))
+    timed(iter(ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))))
+    time.sleep(60)  # the caller stops this process and its workers once it has read the line
+"""
+)
+
+
+def time_grain(data: str, steps: int) -> float:
+    script = os.path.join(data, "grain_input_speed.py")
+    with open(script, "w") as f:
+        f.write(GRAIN.format(batch=BATCH, steps=steps))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    cmd = [sys.executable, script, os.path.join(data, "folder")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        for line in proc.stdout:  # the result, then the process and its workers go
+            if line.startswith("{"):
+                return json.loads(line)["images_per_s"]
+        raise RuntimeError(f"the Grain run printed no result (exit status {proc.wait()})")
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def measure(data: str, source_tree: str, rounds: int, steps: int, grain: bool = False) -> dict:
+    runs = {"original": [], "folder": [], "tfds": []} | ({"grain": []} if grain else {})
     for r in range(rounds):
         runs["original"].append(time_original(data, source_tree, steps))
         for kind in ("folder", "tfds"):
             runs[kind].append(time_ours(data, kind, steps)["images_per_s"])
+        if grain:
+            runs["grain"].append(time_grain(data, steps))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in runs.items()), flush=True)
     return {
         "date": time.strftime("%Y-%m-%d"),
@@ -159,13 +231,14 @@ def main(argv=None) -> int:
     parser.add_argument("--original", metavar="SRC", help="a checkout of google-research/vision_transformer")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40, help="timed batches per run")
+    parser.add_argument("--grain", action="store_true", help="also time Grain's workers (pip install grain)")
     args = parser.parse_args(argv)
     if args.make:
         make(args.make, args.train, args.test)
     if args.data:
         if not args.original:
             parser.error("--data needs --original SRC, the original release's source tree")
-        result = measure(args.data, args.original, args.rounds, args.steps)
+        result = measure(args.data, args.original, args.rounds, args.steps, args.grain)
         os.makedirs(os.path.join(ROOT, "experiments", "results"), exist_ok=True)
         with open(os.path.join(ROOT, "experiments", "results", "input_speed.json"), "w") as f:
             json.dump(result, f, indent=1)

@@ -121,6 +121,25 @@ def test_layouts_give_the_same_training(reference, tmp_path):
     assert len(losses(tmp_path / "two_by_two")) == 8
 
 
+@pytest.mark.slow  # tests/test_streaming.py checks the same rows of the same batches in one process
+def test_an_image_folder_trains_the_same_on_one_process_and_two(tmp_path):
+    """Each process decodes and crops its own rows of the global batch of a folder of JPEGs; the
+    two-process run is the one-process run (the 1x1 against 2x1 layouts of the test above)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 3)):
+        for cls in ("a", "b", "c"):
+            os.makedirs(tmp_path / "d" / split / cls)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (12 + i, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "d" / split / cls / f"{i}.jpg")
+    folder = [f"--config.dataset={tmp_path / 'd'}", "--config.pp.channels=3", "--config.data_workers=1"]
+    train(tmp_path / "one", extra=folder)
+    train(tmp_path / "two", processes=2, extra=folder)
+    assert_same(tmp_path / "one", tmp_path / "two")
+
+
 def test_fsdp_matches_data_parallel_and_splits_the_parameters(reference, tmp_path):
     train(tmp_path / "fsdp", devices=4, extra=FSDP)
     assert_same(reference, tmp_path / "fsdp")

@@ -205,3 +205,19 @@ def test_a_failed_download_and_a_bad_name_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(input_pipeline.DataError) as e:
         input_pipeline.get_source(config, "train")
     assert "\n" not in str(e.value) and "'afile.txt' was not found" in str(e.value)
+
+
+def test_records_are_parsed_as_tensorflow_writes_them():
+    """tf.train.Example records serialized by TensorFlow itself, read back by our parser."""
+    import tensorflow as tf
+
+    from vit_jax.data.tfds_source import parse_example
+
+    for label in (0, 7, 2**40, -3):
+        feature = {
+            "other": tf.train.Feature(float_list=tf.train.FloatList(value=[1.5, -2.0])),
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\xff\xd8\xff jpeg bytes"])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        }
+        record = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+        assert parse_example(record) == {"image": b"\xff\xd8\xff jpeg bytes", "label": label}

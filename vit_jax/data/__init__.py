@@ -15,7 +15,7 @@
 users and ours imported from it before this wing existed.
 """
 
-from vit_jax.data.common import DataError  # noqa: E402
-from vit_jax.data.sources import data_workers, get_source, host_size, host_spec  # noqa: E402
+from vit_jax.data.common import DataError
+from vit_jax.data.sources import data_workers, get_source, host_size, host_spec
 
 __all__ = ["DataError", "data_workers", "get_source", "host_size", "host_spec"]

@@ -145,21 +145,18 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 
 
-def _jpeg_scaled(data: bytes, need: tuple[int, int]) -> tuple[np.ndarray, int, int]:
-    """(pixels, full height, full width) of a JPEG decoded at the smallest power-of-two
-    reduction whose size is still at least `need` (h, w)."""
+def _jpeg_scaled(data: bytes, need: tuple[int, int], height: int, width: int) -> np.ndarray:
+    """The pixels of a (height x width) JPEG decoded at the smallest power-of-two reduction whose
+    size is still at least `need` (h, w)."""
     import simplejpeg
 
-    height, width = simplejpeg.decode_jpeg_header(data)[:2]
     k = 1
     while k < 8 and -(-height // (2 * k)) >= need[0] and -(-width // (2 * k)) >= need[1]:
         k *= 2
     if k == 1:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB"), height, width
-    pixels = simplejpeg.decode_jpeg(
-        data, colorspace="RGB", min_height=-(-height // k), min_width=-(-width // k), min_factor=k
-    )
-    return pixels, height, width
+        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    scaled = {"min_height": -(-height // k), "min_width": -(-width // k), "min_factor": k}
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", **scaled)
 
 
 def _pil_pixels(data: bytes) -> np.ndarray:
@@ -169,18 +166,6 @@ def _pil_pixels(data: bytes) -> np.ndarray:
         if im.mode != "RGB":
             im = im.convert("RGB")  # grayscale, palette, RGBA (alpha dropped), CMYK
         return np.asarray(im)
-
-
-def _image_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from the header alone."""
-    if is_jpeg(data):
-        import simplejpeg
-
-        return tuple(simplejpeg.decode_jpeg_header(data)[:2])
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return im.size[1], im.size[0]
 
 
 def decode_box(data: bytes, box_of, size: tuple[int, int], flip: bool, out: np.ndarray) -> None:
@@ -200,30 +185,29 @@ def _decode_box(data, box_of, size, flip, out) -> None:
     out_h, out_w = size
     if not data:
         raise DecodeError("empty file")
-    height, width = _image_size(data)
-    if height <= 0 or width <= 0:
-        raise DecodeError(f"image of size {width}x{height}")
-    top, left, h, w = box_of(height, width)
     if is_jpeg(data):
-        need = (math.ceil(height * out_h / h), math.ceil(width * out_w / w))
-        pixels, height, width = _jpeg_scaled(data, need)
+        import simplejpeg
+
+        height, width = simplejpeg.decode_jpeg_header(data)[:2]
+        top, left, h, w = box_of(height, width)
+        pixels = _jpeg_scaled(data, (math.ceil(height * out_h / h), math.ceil(width * out_w / w)), height, width)
     else:
         pixels = _pil_pixels(data)
+        height, width = pixels.shape[:2]
+        top, left, h, w = box_of(height, width)
     sy, sx = pixels.shape[0] / height, pixels.shape[1] / width
     y0, x0 = int(top * sy), int(left * sx)
     y1 = max(y0 + 1, min(pixels.shape[0], math.ceil((top + h) * sy)))
     x1 = max(x0 + 1, min(pixels.shape[1], math.ceil((left + w) * sx)))
     region = pixels[y0:y1, x0:x1]
-    shrink = min(region.shape[0] / out_h, region.shape[1] / out_w)
-    method = cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR
     if region.shape[:2] == (out_h, out_w):
-        resized = region
+        out[...] = region
     else:
-        resized = cv2.resize(region, (out_w, out_h), interpolation=method)
+        shrink = min(region.shape[0] / out_h, region.shape[1] / out_w)
+        method = cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR
+        cv2.resize(region, (out_w, out_h), dst=out, interpolation=method)
     if flip:
-        cv2.flip(resized, 1, dst=out)
-    else:
-        out[...] = resized
+        cv2.flip(out, 1, dst=out)
 
 
 def train_image(data: bytes, spec: HostSpec, seed: int, step: int, row: int, out: np.ndarray) -> None:

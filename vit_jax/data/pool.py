@@ -227,7 +227,7 @@ class Pool:
             pass
 
 
-def make_pool(workers: int, rows: int, size: tuple[int, int], ahead: int = 2):
+def make_pool(workers: int, rows: int, size: tuple[int, int], ahead: int = 4):
     """A pool of `workers` processes for batches of `rows` images of `size`, or the inline one for 0."""
     if workers <= 0:
         return InlinePool()

@@ -162,23 +162,91 @@ class TfdsSplit:
         return self.num_examples * int(np.prod(shape))
 
 
-class TfdsReader:
-    """Encoded images and labels of a TFDS split prepared as ArrayRecord, by index (picklable)."""
+def _varint(buf, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
 
-    def __init__(self, data_source, name: str, index: np.ndarray | None = None):
-        self.data_source = data_source
+
+def _fields(buf, start: int, end: int):
+    """(field number, value) of a protobuf message buf[start:end]: an int for a varint, a
+    (start, end) span for a length-delimited field; fixed-width fields are skipped."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            value, pos = (pos, pos + n), pos + n
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+            continue
+        else:
+            raise ValueError(f"protobuf wire type {wire} at byte {pos}")
+        yield key >> 3, value
+
+
+def parse_example(record: bytes, keys=("image", "label")) -> dict:
+    """The `keys` features of a serialized tf.train.Example, without TensorFlow: a bytes feature as
+    bytes (its first value), an int64 feature as an int (its first value). The wire format:
+    Example{1: Features{1: map entry{1: key, 2: Feature{1: BytesList{1: bytes}, 3: Int64List{1: int}}}}}."""
+    out = {}
+    buf = memoryview(record)
+    for num, features in _fields(buf, 0, len(buf)):
+        if num != 1:
+            continue
+        for _, entry in _fields(buf, *features):
+            name = feature = None
+            for k, v in _fields(buf, *entry):
+                if k == 1:
+                    name = bytes(buf[v[0] : v[1]]).decode()
+                elif k == 2:
+                    feature = v
+            if name not in keys or feature is None:
+                continue
+            for kind, span in _fields(buf, *feature):
+                for k, v in _fields(buf, *span):
+                    if k != 1:
+                        continue
+                    if kind == 1:  # BytesList
+                        out[name] = bytes(buf[v[0] : v[1]])
+                    elif kind == 3 and isinstance(v, int):  # Int64List, unpacked
+                        out[name] = v if v < 2**63 else v - 2**64
+                    elif kind == 3:  # Int64List, packed
+                        value = _varint(buf, v[0])[0]
+                        out[name] = value if value < 2**63 else value - 2**64
+                    break
+    return out
+
+
+class TfdsReader:
+    """Encoded images and labels of a TFDS split prepared as ArrayRecord, by index (picklable):
+    the records come from array_record's own reader and are parsed here, so a decode worker
+    imports neither TFDS nor TensorFlow."""
+
+    def __init__(self, records, name: str, index: np.ndarray | None = None):
+        self.records = records  # array_record's ArrayRecordDataSource over the split's shards
         self.name = name
         self.index = index
         self._labels = None
 
     def __len__(self) -> int:
-        return len(self.data_source) if self.index is None else len(self.index)
+        return len(self.records) if self.index is None else len(self.index)
 
     def _at(self, i: int) -> int:
         return int(i) if self.index is None else int(self.index[i])
 
     def read(self, i: int) -> tuple[bytes, int]:
-        example = self.data_source[self._at(i)]
+        example = parse_example(self.records[self._at(i)])
+        if "image" not in example or "label" not in example:
+            raise OSError(f"record {self._at(i)} has no 'image' bytes and 'label' integer")
         return example["image"], int(example["label"])
 
     def describe(self, i: int) -> str:
@@ -188,14 +256,15 @@ class TfdsReader:
     def labels(self) -> np.ndarray:
         """Every label (reads every record once: only the few-shot and subset tools ask)."""
         if self._labels is None:
-            n = len(self.data_source)
-            everything = np.fromiter((int(self.data_source[i]["label"]) for i in range(n)), np.int32, n)
+            n = len(self.records)
+            labels = (parse_example(self.records[i], ("label",))["label"] for i in range(n))
+            everything = np.fromiter(labels, np.int32, n)
             self._labels = everything if self.index is None else everything[self.index]
         return self._labels
 
     def select(self, idx: np.ndarray) -> "TfdsReader":
         idx = np.asarray(idx, np.int64)
-        return TfdsReader(self.data_source, self.name, idx if self.index is None else self.index[idx])
+        return TfdsReader(self.records, self.name, idx if self.index is None else self.index[idx])
 
     def __getstate__(self):
         return {**self.__dict__, "_labels": None}
@@ -226,11 +295,11 @@ def open_tfds(config, split: str, field: str, spec, workers: int):
     if info.random_access():
         import tensorflow_datasets as tfds
 
-        # Opened from the directory, not the registered builder: the workers unpickle the data source,
-        # which must not bring the builder's own module (or TensorFlow) with it.
+        # TFDS finds the split's ArrayRecord shards; the reader keeps array_record's own data source
+        # (opened from the directory: the registered builder may not know the converted format).
         reopened = tfds.builder_from_directory(str(info.builder.data_dir))
         ds = reopened.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-        reader = TfdsReader(ds, f"{info.name} {split}")
+        reader = TfdsReader(ds.data_source, f"{info.name} {split}")
         return StreamingSource(reader, info.num_classes, info.class_names, info.name, spec, workers)
     data_dir = config.get("tfds_data_dir") or "DIR"
     log.warning(
