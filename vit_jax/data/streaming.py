@@ -138,7 +138,11 @@ class StreamingSource:
 
     def first_images(self, n: int) -> np.ndarray:
         """The first `n` images as the evaluation decodes them."""
-        return next(iter(self.eval_batches(batch=min(n, len(self)))))["image"][:n]
+        batches = self.eval_batches(batch=min(n, len(self)))
+        try:
+            return next(batches)["image"][:n]
+        finally:
+            batches.close()  # its workers stop now, not when the generator is collected
 
     def train_batches(
         self, *, batch: int, seed: int, start_step: int = 0, process_index: int = 0, process_count: int = 1, rows=None
