@@ -17,8 +17,10 @@ from conftest import error_lines, hybrid_config, perturb, rel_err, run_main, tin
 from reference_numpy import gelu_erf, softmax, vit_forward
 from safetensors.numpy import save_file
 
-from vit_jax import checkpoint, models, pretrained, pretrained_layouts, train
+from vit_jax import checkpoint, models, pretrained, train
 from vit_jax import config as config_lib
+from vit_jax.weights import layouts as pretrained_layouts
+from vit_jax.weights import npz
 
 
 def make(config, num_classes=5, image=16, seed=0):
@@ -371,7 +373,7 @@ def test_a_remote_file_that_cannot_be_fetched_is_a_network_failure_not_a_damaged
     def unreachable(path, mode):
         raise OSError("Could not resolve host: storage.googleapis.com")
 
-    monkeypatch.setattr(checkpoint, "_open", unreachable)
+    monkeypatch.setattr(npz, "open_file", unreachable)
     with pytest.raises(checkpoint.CheckpointError) as e:
         pretrained.load("gs://vit_models/imagenet21k/ViT-B_16.npz")
     message = str(e.value)

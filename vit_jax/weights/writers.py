@@ -1,4 +1,4 @@
-"""Writing a model in timm's and transformers' directory layouts (see `pretrained.export`).
+"""Writing a model back: the original's .npz, timm's and transformers' directory layouts (`export`).
 
 A timm directory holds `config.json` (`architecture`, `num_classes`, `num_features`,
 `global_pool`, `pretrained_cfg`, and `model_args` where the model differs from the
@@ -13,10 +13,19 @@ import json
 import os
 from typing import Any
 
+import jax
 import numpy as np
 
-from vit_jax import pretrained_layouts as layouts
 from vit_jax.utils import to_pair
+from vit_jax.weights import layouts, npz
+from vit_jax.weights.readers import (
+    FORMATS,
+    TIMM_HYBRIDS,
+    TIMM_SIZES,
+    PretrainedError,
+    architecture,
+    image_size,
+)
 
 # timm ViT names that exist for the original family: (size, patch) -> image sizes.
 TIMM_PURE = {
@@ -45,8 +54,6 @@ TIMM_HYBRID_SIZES = {
 
 
 def _error(message: str):
-    from vit_jax.pretrained import PretrainedError
-
     return PretrainedError(message)
 
 
@@ -62,8 +69,6 @@ def _save(state: dict[str, np.ndarray], directory: str, config: dict) -> str:
 
 
 def _shape_facts(params: dict, config: dict) -> dict[str, Any]:
-    from vit_jax.pretrained import image_size
-
     image = image_size(params, config)
     if image is None or image[0] != image[1]:
         raise _error(
@@ -85,8 +90,6 @@ def _shape_facts(params: dict, config: dict) -> dict[str, Any]:
 def timm_architecture(params: dict, config: dict) -> tuple[str, dict[str, Any]]:
     """(architecture name, model_args): a timm name of the same shapes when one exists, else the
     family's name with the arguments that give the shapes."""
-    from vit_jax.pretrained import TIMM_HYBRIDS, TIMM_SIZES, architecture
-
     facts = _shape_facts(params, config)
     t = config["transformer"]
     shape = (config["hidden_size"], t["num_layers"])
@@ -229,3 +232,25 @@ def write_hf(params: dict, config: dict, directory: str, class_names: list[str] 
         meta["id2label"] = {str(i): n for i, n in enumerate(names)}
         meta["label2id"] = {n: i for i, n in enumerate(names)}
     return _save(layouts.to_hf(params), directory, meta)
+
+
+def export(params, model_config: dict, path: str, format: str, class_names: list[str] | None = None) -> str:
+    """Writes `params` in another codebase's layout: 'timm' (a directory that timm loads),
+    'hf' (a directory for transformers' ViTForImageClassification, or ViTModel without a head)
+    or 'npz' (the original release's file). Returns the path written."""
+    if format not in FORMATS:
+        raise PretrainedError(f"format={format!r}: choose one of {', '.join(FORMATS)}.")
+    params = npz.unstack_blocks(jax.device_get(params))
+    model_config = _plain(model_config)
+    if format == "npz":
+        npz.save(params, path)
+        return path
+    writer = write_timm if format == "timm" else write_hf
+    return writer(params, model_config, path, class_names)
+
+
+def _plain(tree):
+    """Plain dicts for any mapping (ConfigDict, FrozenDict) in a model config."""
+    if hasattr(tree, "items"):
+        return {k: _plain(v) for k, v in tree.items()}
+    return tree
