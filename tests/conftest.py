@@ -60,6 +60,7 @@ FILE_SECONDS = {
     "test_tfds.py": 8,
     "test_streaming.py": 18,
     "test_preview.py": 12,
+    "test_families.py": 20,
 }
 
 

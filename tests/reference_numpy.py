@@ -146,3 +146,146 @@ def vit_forward(params, images, config):
     if config.get("representation_size") is not None:
         x = np.tanh(x @ p["pre_logits"]["kernel"] + p["pre_logits"]["bias"])
     return x @ p["head"]["kernel"] + p["head"]["bias"]
+
+
+# ----------------------------------------------------------------------------- the later families
+
+
+def quick_gelu(x):
+    return x / (1.0 + np.exp(-1.702 * x))
+
+
+ACTIVATIONS = {"gelu_tanh": gelu_tanh, "gelu": gelu_erf, "quick_gelu": quick_gelu}
+
+
+def rotate_patches(x, grid, ref, num_prefix, temperature=10_000.0):
+    """EVA-02's rotary embedding written pair by pair: dimension pair j of the patch at grid
+    position (r, c) turns by y * f_j (j < dh/4, y = r / gh * ref_h) or x * f_(j - dh/4) (x the same
+    for columns), f_i = temperature ** (-i / (dh/4)). x: (B, T, H, dh)."""
+    gh, gw = grid
+    rh, rw = ref or grid
+    dh = x.shape[-1]
+    nb = dh // 4
+    out = x.copy()
+    for t in range(gh * gw):
+        r, c = divmod(t, gw)
+        for j in range(dh // 2):
+            pos = r / gh * rh if j < nb else c / gw * rw
+            angle = pos * temperature ** (-(j % nb) / nb)
+            a, b = x[:, num_prefix + t, :, 2 * j], x[:, num_prefix + t, :, 2 * j + 1]
+            out[:, num_prefix + t, :, 2 * j] = a * np.cos(angle) - b * np.sin(angle)
+            out[:, num_prefix + t, :, 2 * j + 1] = b * np.cos(angle) + a * np.sin(angle)
+    return out
+
+
+def family_attention(x, p, num_heads, c, grid, num_prefix, eps):
+    b, t, d = x.shape
+    dh = d // num_heads
+
+    def proj(name, inputs=x):
+        k = p[name]["kernel"].reshape(d, d)
+        return (inputs @ k + p[name]["bias"].reshape(d)).reshape(inputs.shape[0], inputs.shape[1], num_heads, dh)
+
+    q, k, v = proj("query"), proj("key"), proj("value")
+    if c.get("qk_norm"):
+        q, k = layer_norm(q, p["query_norm"], eps), layer_norm(k, p["key_norm"], eps)
+    if c.get("rope"):
+        q = rotate_patches(q, grid, c.get("rope_ref_grid"), num_prefix)
+        k = rotate_patches(k, grid, c.get("rope_ref_grid"), num_prefix)
+    w = softmax(np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(dh))
+    o = np.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, t, d)
+    return o @ p["out"]["kernel"].reshape(d, d) + p["out"]["bias"]
+
+
+def family_mlp(y, mlp, c, act, eps):
+    if c.get("mlp_type", "mlp") == "mlp":
+        return (
+            act(y @ mlp["Dense_0"]["kernel"] + mlp["Dense_0"]["bias"]) @ mlp["Dense_1"]["kernel"]
+            + mlp["Dense_1"]["bias"]
+        )
+    h = y @ mlp["Dense_0"]["kernel"] + mlp["Dense_0"]["bias"]
+    gate, value = h[..., : h.shape[-1] // 2], h[..., h.shape[-1] // 2 :]
+    z = gate / (1.0 + np.exp(-gate)) * value
+    if c["mlp_type"] == "swiglu_norm":
+        z = layer_norm(z, mlp["LayerNorm_0"], eps)
+    return z @ mlp["Dense_1"]["kernel"] + mlp["Dense_1"]["bias"]
+
+
+def map_pool(x, p, num_heads, act, eps):
+    b, _, d = x.shape
+    probe = np.broadcast_to(p["probe"], (b, 1, d))
+    attn = p["MultiHeadDotProductAttention_0"]
+    dh = d // num_heads
+
+    def proj(name, inputs):
+        return (inputs @ attn[name]["kernel"].reshape(d, d) + attn[name]["bias"].reshape(d)).reshape(
+            b, -1, num_heads, dh
+        )
+
+    q, k, v = proj("query", probe), proj("key", x), proj("value", x)
+    w = softmax(np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(dh))
+    o = np.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, 1, d) @ attn["out"]["kernel"].reshape(d, d) + attn["out"]["bias"]
+    y = layer_norm(o, p["LayerNorm_0"], eps)
+    mlp = p["MlpBlock_0"]
+    y = act(y @ mlp["Dense_0"]["kernel"] + mlp["Dense_0"]["bias"]) @ mlp["Dense_1"]["kernel"] + mlp["Dense_1"]["bias"]
+    return (o + y)[:, 0]
+
+
+def family_forward(params, images, c):
+    """(logits, pre_logits) of a ViT with the later families' fields (class_token, reg_tokens,
+    distilled, posemb_prefix, pre_norm, patch_bias, activation, layerscale_init, mlp_type, qk_norm,
+    rope, fc_norm, classifier token / gap / map), in float64, from the papers' and libraries'
+    definitions (timm's `_pos_embed`, Block, AttentionPoolLatent; DeiT's two heads)."""
+    p = params
+    eps = c.get("layernorm_epsilon", 1e-6)
+    act = ACTIVATIONS[c.get("activation") or "gelu_tanh"]
+    ps = c["patches"]["size"]
+    x = conv2d(np.asarray(images, np.float64), p["embedding"]["kernel"], ps[0], "VALID")
+    if c.get("patch_bias", True):
+        x = x + p["embedding"]["bias"]
+    b, gh, gw, d = x.shape
+    x = x.reshape(b, gh * gw, d)
+    prefix = []
+    has_cls = c.get("class_token", c["classifier"] == "token")
+    if has_cls:
+        prefix.append(np.broadcast_to(p["cls"], (b, 1, d)))
+    if c.get("distilled"):
+        prefix.append(np.broadcast_to(p["dist"], (b, 1, d)))
+    n = len(prefix)
+    t = p["Transformer"]
+    pe = t["posembed_input"]["pos_embedding"]
+    if c.get("posemb_prefix", True):
+        x = np.concatenate([*prefix, x], axis=1) + pe
+    else:
+        x = np.concatenate([*prefix, x + pe], axis=1)
+    regs = c.get("reg_tokens", 0)
+    if regs:
+        x = np.concatenate([x[:, :n], np.broadcast_to(p["reg"], (b, regs, d)), x[:, n:]], axis=1)
+    if c.get("pre_norm"):
+        x = layer_norm(x, t["pre_norm"], eps)
+    heads = c["transformer"]["num_heads"]
+    for i in range(c["transformer"]["num_layers"]):
+        blk = t[f"encoderblock_{i}"]
+        a = family_attention(layer_norm(x, blk["LayerNorm_0"], eps), blk["MultiHeadDotProductAttention_0"], heads, c,
+                             (gh, gw), n + regs, eps)  # fmt: skip
+        if c.get("layerscale_init") is not None:
+            a = a * blk["LayerScale_0"]["scale"]
+        x = x + a
+        y = family_mlp(layer_norm(x, blk["LayerNorm_1"], eps), blk["MlpBlock_0"], c, act, eps)
+        if c.get("layerscale_init") is not None:
+            y = y * blk["LayerScale_1"]["scale"]
+        x = x + y
+    if not c.get("fc_norm"):
+        x = layer_norm(x, t["encoder_norm"], eps)
+    if c.get("distilled"):
+        logits = (x[:, 0] @ p["head"]["kernel"] + p["head"]["bias"] + x[:, 1] @ p["head_dist"]["kernel"]) / 2
+        return logits + p["head_dist"]["bias"] / 2, (x[:, 0] + x[:, 1]) / 2
+    if c["classifier"] == "token":
+        pooled = x[:, 0]
+    elif c["classifier"] == "gap":
+        pooled = x[:, n + regs :].mean(axis=1)
+        if c.get("fc_norm"):
+            pooled = layer_norm(pooled, p["fc_norm"], eps)
+    else:
+        pooled = map_pool(x[:, n + regs :], p["MAPHead"], heads, act, eps)
+    return pooled @ p["head"]["kernel"] + p["head"]["bias"], pooled

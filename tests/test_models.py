@@ -10,7 +10,7 @@ import pytest
 from conftest import hybrid_config, perturb, rel_err, tiny_config
 from reference_numpy import vit_forward
 
-from vit_jax import checkpoint, models, models_posemb, models_vit
+from vit_jax import checkpoint, models, models_blocks, models_posemb
 from vit_jax.configs.models import AUGREG_CONFIGS, MODEL_CONFIGS, SHORT_NAMES, get_config
 
 # Parameter counts of the original release at 224 px with 1000 classes.
@@ -181,7 +181,7 @@ def test_map_head_attends_with_a_learned_probe(images):
     p = perturb(p)
     _, out = model.apply({"params": p}, images, return_intermediates=True)
     enc = out["encoded"]
-    head = models_vit.MAPHead(num_heads=4, mlp_dim=48)
+    head = models_blocks.MAPHead(num_heads=4, mlp_dim=48)
     a = head.apply({"params": p["MAPHead"]}, enc)
     b = head.apply({"params": p["MAPHead"]}, enc[:, ::-1])
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -451,7 +451,7 @@ def test_droppath_only_in_training(images):
 
 def test_droppath_drops_whole_samples():
     x = jnp.ones((1000, 3, 4))
-    y = models_vit.drop_path(x, 0.25, jax.random.PRNGKey(0))
+    y = models_blocks.drop_path(x, 0.25, jax.random.PRNGKey(0))
     per_sample = np.asarray(y[:, 0, 0])
     assert set(np.unique(per_sample)).issubset({0.0, np.float32(1 / 0.75)})
     assert np.all(np.asarray(y) == per_sample[:, None, None])
@@ -460,7 +460,7 @@ def test_droppath_drops_whole_samples():
 
 def test_patch_dropout_keeps_a_random_subset_of_the_patch_tokens():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 13, 2)), jnp.float32)  # 1 prefix + 12 patches
-    y = np.asarray(models_vit.patch_dropout(x, 0.25, 1, jax.random.PRNGKey(0)))
+    y = np.asarray(models_blocks.patch_dropout(x, 0.25, 1, jax.random.PRNGKey(0)))
     assert y.shape == (3, 1 + 9, 2)
     np.testing.assert_array_equal(y[:, 0], np.asarray(x[:, 0]))  # the cls token is never dropped
     kept = []
@@ -472,7 +472,7 @@ def test_patch_dropout_keeps_a_random_subset_of_the_patch_tokens():
     # Every patch is kept with probability 3/4 over many keys.
     counts = np.zeros(12)
     for k in range(400):
-        z = np.asarray(models_vit.patch_dropout(x[:1], 0.25, 1, jax.random.PRNGKey(k)))
+        z = np.asarray(models_blocks.patch_dropout(x[:1], 0.25, 1, jax.random.PRNGKey(k)))
         counts += [(z[0, 1:] == np.asarray(x[0, 1 + i])).all(-1).any() for i in range(12)]
     assert np.all(np.abs(counts / 400 - 0.75) < 0.08), counts / 400
 

@@ -242,9 +242,10 @@ def test_vit_gradients_agree_with_flax_layers(overrides, monkeypatch):
 
     value, grads = _model_value_and_grads(model, params, images)
     # The same model built from Flax's own LayerNorm and convolution and autodiff attention.
-    from vit_jax import models_attention, models_layers, models_vit
+    from vit_jax import models_attention, models_blocks, models_layers, models_vit
 
     monkeypatch.setattr(models_vit, "LayerNorm", nn.LayerNorm)
+    monkeypatch.setattr(models_blocks, "LayerNorm", nn.LayerNorm)
     monkeypatch.setattr(models_vit, "patch_conv", jax.lax.conv_general_dilated)
     monkeypatch.setattr(models_attention, "self_attention", lambda qkv: models_layers._attention_forward(qkv)[0])
     ref_value, ref_grads = _model_value_and_grads(model, params, images)

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models_layers import self_attention
-from vit_jax.models_posemb import relative_position_index
+from vit_jax.models_layers import LayerNorm, self_attention
+from vit_jax.models_posemb import apply_rope, relative_position_index
 
 Dtype = Any
 ATTENTION_IMPLS = ("auto", "fused", "einsum", "dot_product_attention")
@@ -68,7 +68,10 @@ class MultiHeadDotProductAttention(nn.Module):
     """Multi-head attention with the parameter layout of Flax's module of that name.
 
     Optional `relative_bias`: a learned (2gh-1, 2gw-1, heads) table of logit biases
-    indexed by the 2-D offset between query and key patches (prefix tokens get 0).
+    indexed by the 2-D offset between query and key patches (prefix tokens get 0). With
+    `qk_norm`, each head's queries and keys go through a LayerNorm (`query_norm`, `key_norm`,
+    over the head dimension); with `rope` = (sin, cos) of `models_posemb.rope_tables`, the
+    patch tokens' queries and keys are rotated (EVA-02).
     """
 
     num_heads: int
@@ -79,9 +82,11 @@ class MultiHeadDotProductAttention(nn.Module):
     relative_grid: tuple[int, int] | None = None
     num_prefix_tokens: int = 0
     attention_impl: str = "auto"
+    qk_norm: bool = False
+    layernorm_epsilon: float = 1e-6
 
     @nn.compact
-    def __call__(self, inputs_q, inputs_kv=None, *, return_weights: bool = False):
+    def __call__(self, inputs_q, inputs_kv=None, *, return_weights: bool = False, rope=None):
         d = inputs_q.shape[-1]
         h = self.num_heads
         if d % h:
@@ -106,6 +111,10 @@ class MultiHeadDotProductAttention(nn.Module):
             b = jnp.concatenate([cast(kb).reshape(d), cast(vb).reshape(d)])
             kv = (xkv @ w + b).reshape(*xkv.shape[:-1], 2, h, dh)
             k, v = kv[..., 0, :, :], kv[..., 1, :, :]
+        if self.qk_norm or rope is not None:
+            q, k = self._transform_qk(q, k, rope)
+            if inputs_kv is None:
+                qkv = jnp.stack([q, k, v], axis=-3)
         bias = None
         if self.relative_grid is not None:
             bias = self._relative_bias(k.shape[1]).astype(self.dtype)
@@ -139,6 +148,17 @@ class MultiHeadDotProductAttention(nn.Module):
                 out = jnp.transpose(used @ v, (0, 2, 1, 3))
         out = out.reshape(*xq.shape[:-1], d) @ cast(out_k).reshape(d, d) + cast(out_b)
         return out, (weights if return_weights else None)
+
+    def _transform_qk(self, q, k, rope):
+        """QK-norm, then the rotary embedding, on (B, T, H, dh) queries and keys."""
+        if self.qk_norm:
+            norm_kw = dict(epsilon=self.layernorm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+            q = LayerNorm(name="query_norm", **norm_kw)(q)
+            k = LayerNorm(name="key_norm", **norm_kw)(k)
+        if rope is not None:
+            q = apply_rope(q, *rope, self.num_prefix_tokens)
+            k = apply_rope(k, *rope, self.num_prefix_tokens)
+        return q, k
 
     def _relative_bias(self, num_tokens: int):
         gh, gw = self.relative_grid

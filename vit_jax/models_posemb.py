@@ -106,3 +106,35 @@ def add_position_embedding(x, posemb: str, grid_shape: tuple[int, int], num_pref
         pe = posemb_sincos_2d(*grid_shape, x.shape[-1])[None]
         return add_to_patches(x, jnp.asarray(pe, x.dtype), num_prefix_tokens)
     return x
+
+
+def rope_tables(grid_shape: tuple[int, int], head_dim: int, ref_grid=None, temperature: float = 10_000.0):
+    """EVA-02's 2-D rotary embedding of a (gh, gw) patch grid: (sin, cos), each (gh * gw, head_dim).
+
+    A quarter of the head dimensions' frequencies, temperature ** (-i / (head_dim / 4)), rotate
+    by the row position and a quarter by the column position; each frequency covers two
+    adjacent dimensions, rows first then columns (timm's RotaryEmbeddingCat, interleaved). With
+    `ref_grid` (EVA-02: 16 x 16) the positions are rescaled to that grid, arange(g) / g * ref,
+    so a model fine-tuned at 448 px sees the same angles as at 224 px across the image.
+    """
+    if head_dim % 4:
+        raise ValueError(f"The rotary embedding needs a head dimension divisible by 4, got {head_dim}.")
+    gh, gw = grid_shape
+    bands = 1.0 / temperature ** (np.arange(head_dim // 4) / (head_dim // 4))
+    rh, rw = ref_grid if ref_grid is not None else grid_shape
+    ty, tx = np.arange(gh) / gh * rh, np.arange(gw) / gw * rw
+    grid = np.stack(np.meshgrid(ty, tx, indexing="ij"), axis=-1)  # (gh, gw, 2)
+    angles = (grid[..., None] * bands).reshape(gh * gw, -1)  # (N, 2 * head_dim / 4): rows, then columns
+    angles = np.repeat(angles, 2, axis=-1)  # each frequency for a pair of dimensions
+    return np.sin(angles).astype(np.float32), np.cos(angles).astype(np.float32)
+
+
+def apply_rope(x, sin, cos, num_prefix_tokens: int):
+    """Rotates the patch tokens of x (B, T, H, dh) by the angles of `rope_tables`: pairs
+    (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin); the prefix tokens are left alone."""
+    p = num_prefix_tokens
+    patches = x[:, p:]
+    rotated = jnp.stack([-patches[..., 1::2], patches[..., ::2]], axis=-1).reshape(patches.shape)
+    sin, cos = (jnp.asarray(a, x.dtype)[None, :, None, :] for a in (sin, cos))
+    patches = patches * cos + rotated * sin
+    return jnp.concatenate([x[:, :p], patches], axis=1) if p else patches

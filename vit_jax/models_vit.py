@@ -10,14 +10,13 @@ dtypes, stochastic depth, remat, scan, intermediates) defaults to that behaviour
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import models_resnet, parallel
-from vit_jax.models_attention import ATTENTION_IMPLS, MultiHeadDotProductAttention
+from vit_jax import models_resnet
+from vit_jax.models_attention import ATTENTION_IMPLS
+from vit_jax.models_blocks import ACTIVATIONS, MLP_TYPES, REMAT_POLICIES, Encoder, MAPHead
 from vit_jax.models_layers import LayerNorm, patch_conv
-from vit_jax.models_posemb import add_position_embedding
 from vit_jax.utils import to_pair
 
 Array = Any
@@ -25,11 +24,6 @@ Dtype = Any
 
 CLASSIFIERS = ("token", "gap", "map", "unpooled", "token_unpooled")
 POSEMBS = ("learn", "none", "learn_2d", "sincos2d", "relative")
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 class IdentityLayer(nn.Module):
@@ -40,221 +34,15 @@ class IdentityLayer(nn.Module):
         return x
 
 
-class MlpBlock(nn.Module):
-    """Dense -> GELU -> dropout -> Dense -> dropout. GELU is the tanh approximation, as in the
-    original; `gelu_approximate=False` computes it exactly (erf), as timm and transformers do."""
-
-    mlp_dim: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    out_dim: int | None = None
-    dropout_rate: float = 0.1
-    deterministic: bool = True
-    gelu_approximate: bool = True
-
-    @nn.compact
-    def __call__(self, inputs):
-        out_dim = inputs.shape[-1] if self.out_dim is None else self.out_dim
-        dense = lambda f: nn.Dense(  # noqa: E731
-            f,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.xavier_uniform(),
-            bias_init=nn.initializers.normal(stddev=1e-6),
-        )
-        x = nn.gelu(dense(self.mlp_dim)(inputs), approximate=self.gelu_approximate)
-        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
-        x = dense(out_dim)(x)
-        return nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
-
-
-def drop_path(x, rate, rng):
-    """Stochastic depth: zeroes a sample's whole branch with probability `rate`."""
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return x * (mask / keep).astype(x.dtype)
-
-
-class Encoder1DBlock(nn.Module):
-    """Pre-LayerNorm Transformer block.
-
-    `__call__(x, droppath_rate)` returns (x, aux): aux is (attention weights, block
-    output) when `return_intermediates`, else None, so nothing extra is computed or
-    kept unless asked. The signature suits `nn.scan` (carry, per-layer input).
-    """
-
-    mlp_dim: int
-    num_heads: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    dropout_rate: float = 0.1
-    attention_dropout_rate: float = 0.1
-    use_droppath: bool = False
-    deterministic: bool = True
-    relative_grid: tuple[int, int] | None = None
-    num_prefix_tokens: int = 0
-    return_intermediates: bool = False
-    attention_impl: str = "auto"
-    layernorm_epsilon: float = 1e-6
-    gelu_approximate: bool = True
-
-    @nn.compact
-    def __call__(self, inputs, droppath_rate=0.0):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        norm_kw = dict(epsilon=self.layernorm_epsilon, **kw)
-
-        def branch(y):
-            if self.use_droppath and not self.deterministic:
-                return drop_path(y, droppath_rate, self.make_rng("dropout"))
-            return y
-
-        x = LayerNorm(name="LayerNorm_0", **norm_kw)(inputs)
-        x, weights = MultiHeadDotProductAttention(
-            num_heads=self.num_heads,
-            dropout_rate=self.attention_dropout_rate,
-            deterministic=self.deterministic,
-            relative_grid=self.relative_grid,
-            num_prefix_tokens=self.num_prefix_tokens,
-            attention_impl=self.attention_impl,
-            name="MultiHeadDotProductAttention_0",
-            **kw,
-        )(x, return_weights=self.return_intermediates)
-        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
-        x = branch(x) + inputs
-
-        y = LayerNorm(name="LayerNorm_1", **norm_kw)(x)
-        y = MlpBlock(
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            deterministic=self.deterministic,
-            gelu_approximate=self.gelu_approximate,
-            name="MlpBlock_0",
-            **kw,
-        )(y)
-        out = parallel.constrain_batch(x + branch(y))
-        return out, ((weights, out) if self.return_intermediates else None)
-
-
-def patch_dropout(x, rate: float, num_prefix: int, rng):
-    """Keeps a random subset of round((1 - rate) * N) patch tokens per example (prefix tokens kept)."""
-    prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
-    n, t = patches.shape[:2]
-    keep = max(1, int(round((1.0 - rate) * t)))
-    idx = jnp.argsort(jax.random.uniform(rng, (n, t)), axis=1)[:, :keep]
-    kept = jnp.take_along_axis(patches, idx[:, :, None], axis=1)
-    return jnp.concatenate([prefix, kept], axis=1)
-
-
-class Encoder(nn.Module):
-    """Position embedding, `num_layers` blocks (unrolled or scanned), final norm."""
-
-    num_layers: int
-    mlp_dim: int
-    num_heads: int
-    dropout_rate: float = 0.1
-    attention_dropout_rate: float = 0.1
-    posemb: str = "learn"
-    grid_shape: tuple[int, int] = (1, 1)
-    num_prefix_tokens: int = 0
-    droppath_rate: float = 0.0
-    remat: str = "none"
-    scan: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    attention_impl: str = "auto"
-    layernorm_epsilon: float = 1e-6
-    gelu_approximate: bool = True
-    final_norm: bool = True  # False: the head normalises after pooling (fc_norm)
-    patch_drop_rate: float = 0.0
-
-    @nn.compact
-    def __call__(self, x, *, train: bool, return_intermediates: bool = False):
-        assert x.ndim == 3, f"Expected (batch, tokens, hidden), got {x.shape}"
-        gh, gw = self.grid_shape
-        x = add_position_embedding(x, self.posemb, self.grid_shape, self.num_prefix_tokens, self.param_dtype)
-        if train and self.patch_drop_rate > 0:
-            x = patch_dropout(x, self.patch_drop_rate, self.num_prefix_tokens, self.make_rng("dropout"))
-        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-        x = parallel.constrain_batch(x)
-
-        block_kw = dict(
-            mlp_dim=self.mlp_dim,
-            num_heads=self.num_heads,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            use_droppath=self.droppath_rate > 0,
-            deterministic=not train,
-            relative_grid=(gh, gw) if self.posemb == "relative" else None,
-            num_prefix_tokens=self.num_prefix_tokens,
-            return_intermediates=return_intermediates,
-            attention_impl=self.attention_impl,
-            layernorm_epsilon=self.layernorm_epsilon,
-            gelu_approximate=self.gelu_approximate,
-        )
-        # Stochastic depth grows linearly with depth, from 0 to droppath_rate.
-        rates = np.linspace(0.0, self.droppath_rate, self.num_layers) if self.num_layers > 1 else np.zeros(1)
-        policy = REMAT_POLICIES[self.remat]
-        block_cls = Encoder1DBlock
-        if self.remat != "none":
-            block_cls = nn.remat(Encoder1DBlock, policy=policy, prevent_cse=not self.scan)
-        if self.scan:
-            scanned = nn.scan(
-                block_cls,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=0,
-                length=self.num_layers,
-            )
-            x, aux = scanned(name="encoderblock", **block_kw)(x, jnp.asarray(rates, jnp.float32))
-        else:
-            auxs = []
-            for lyr in range(self.num_layers):
-                x, a = block_cls(name=f"encoderblock_{lyr}", **block_kw)(x, float(rates[lyr]))
-                auxs.append(a)
-            aux = jax.tree.map(lambda *a: jnp.stack(a), *auxs) if return_intermediates else None
-        encoded = x
-        if self.final_norm:
-            norm_kw = dict(epsilon=self.layernorm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
-            encoded = LayerNorm(name="encoder_norm", **norm_kw)(x)
-        if not return_intermediates:
-            return encoded, None
-        attention, tokens = aux
-        return encoded, {"attention": attention, "tokens": tokens}
-
-
-class MAPHead(nn.Module):
-    """Multihead attention pooling: a learned probe attends over the tokens."""
-
-    num_heads: int
-    mlp_dim: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    layernorm_epsilon: float = 1e-6
-    gelu_approximate: bool = True
-
-    @nn.compact
-    def __call__(self, x):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, x.shape[-1]), self.param_dtype)
-        probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        x, _ = MultiHeadDotProductAttention(num_heads=self.num_heads, name="MultiHeadDotProductAttention_0", **kw)(
-            probe, x
-        )
-        y = LayerNorm(name="LayerNorm_0", epsilon=self.layernorm_epsilon, **kw)(x)
-        mlp = MlpBlock(self.mlp_dim, dropout_rate=0.0, gelu_approximate=self.gelu_approximate, name="MlpBlock_0", **kw)
-        x = x + mlp(y)
-        return x[:, 0]
-
-
 class VisionTransformer(nn.Module):
-    """ViT and hybrid ViT, with the original fields plus ablation options.
+    """ViT and hybrid ViT, with the original fields plus ablation options and the pieces of the
+    ViT families published since (DINOv2, CLIP, SigLIP, DeiT, EVA-02), each off by default.
 
     Called as `model.apply({'params': p}, images, train=False)`; images are (B, H, W, C)
     floats. With `return_intermediates=True` it returns `(logits, out)` where `out`
     holds `attention` (layers, B, heads, T, T), `tokens` (layers, B, T, D) (the
-    output of every block), `encoded` (after the final norm) and `pre_logits`.
+    output of every block), `encoded` (after the final norm), `pre_logits` and
+    `num_prefix_tokens` (class, distillation and register tokens before the patches).
     """
 
     num_classes: int
@@ -274,21 +62,33 @@ class VisionTransformer(nn.Module):
     scan: bool = False
     attention_impl: str = "auto"
     # Numerics of other codebases' weights (defaults: the original's).
-    layernorm_epsilon: float = 1e-6  # transformers' published ViTs: 1e-12
+    layernorm_epsilon: float = 1e-6  # transformers' published ViTs: 1e-12; CLIP: 1e-5
     gelu_approximate: bool = True  # timm and transformers: False (exact erf GELU)
     fc_norm: bool = False  # gap: normalise the pooled vector (timm's fc_norm), not the tokens
     patch_drop_rate: float = 0.0
+    # The other families' pieces (README, Models).
+    activation: str | None = None  # 'gelu_tanh', 'gelu', 'quick_gelu'; None: as gelu_approximate says
+    class_token: bool | None = None  # None: as the classifier ('token' heads have one)
+    reg_tokens: int = 0  # register tokens `reg`, after the class token, without a position embedding
+    distilled: bool = False  # DeiT: a distillation token `dist` and its head `head_dist`
+    posemb_prefix: bool = True  # False: the position embedding covers the patches only (no_embed_class)
+    pre_norm: bool = False  # CLIP: a LayerNorm (`Transformer/pre_norm`) before the blocks
+    patch_bias: bool = True  # CLIP: the patch convolution has no bias
+    layerscale_init: float | None = None  # LayerScale on both residual branches (timm's init_values)
+    mlp_type: str = "mlp"  # 'swiglu' (DINOv2 giant), 'swiglu_norm' (EVA-02 base and large)
+    qk_norm: bool = False
+    rope: bool = False  # EVA-02's 2-D rotary position embedding of queries and keys
+    rope_ref_grid: tuple[int, int] | None = None  # the grid its positions are rescaled to (EVA-02: 16x16)
 
     @nn.compact
     def __call__(self, inputs, *, train: bool = False, return_intermediates: bool = False):
         self._check_fields()
         x, (gh, gw) = self._embed(inputs)
-        n, _, c = x.shape
-        num_prefix = 0
-        if self.classifier in ("token", "token_unpooled"):
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, c), self.param_dtype)
-            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (n, 1, c)), x], axis=1)
-            num_prefix = 1
+        x, num_prefix = self._prefix_tokens(x)
+        registers = None
+        if self.reg_tokens:
+            init = nn.initializers.normal(stddev=1e-6)
+            registers = self.param("reg", init, (1, self.reg_tokens, x.shape[-1]), self.param_dtype)
 
         t = self.transformer
         x, out = Encoder(
@@ -307,26 +107,70 @@ class VisionTransformer(nn.Module):
             param_dtype=self.param_dtype,
             attention_impl=self.attention_impl,
             layernorm_epsilon=self.layernorm_epsilon,
-            gelu_approximate=self.gelu_approximate,
+            activation=self._activation(),
             final_norm=not self.fc_norm,
             patch_drop_rate=self.patch_drop_rate,
+            posemb_prefix=self.posemb_prefix,
+            pre_norm=self.pre_norm,
+            layerscale_init=self.layerscale_init,
+            mlp_type=self.mlp_type,
+            qk_norm=self.qk_norm,
+            rope=self.rope,
+            rope_ref_grid=self.rope_ref_grid,
             name="Transformer",
-        )(x, train=train, return_intermediates=return_intermediates)
+        )(x, train=train, return_intermediates=return_intermediates, registers=registers)
         encoded = x
-        pre_logits = self._pre_logits(self._pool(x))
-        x = pre_logits
-        if self.num_classes:
-            x = nn.Dense(
-                features=self.num_classes,
-                kernel_init=nn.initializers.zeros,
-                bias_init=nn.initializers.constant(self.head_bias_init),
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="head",
-            )(x)
+        prefix = num_prefix + self.reg_tokens
+        if self.distilled:
+            x, pre_logits = self._distilled_head(x)
+        else:
+            pre_logits = self._pre_logits(self._pool(x, prefix))
+            x = pre_logits
+            if self.num_classes:
+                x = self._head("head")(x)
         if not return_intermediates:
             return x
-        return x, dict(out, encoded=encoded, pre_logits=pre_logits)
+        return x, dict(out, encoded=encoded, pre_logits=pre_logits, num_prefix_tokens=prefix)
+
+    def _activation(self) -> str:
+        if self.activation is not None:
+            return self.activation
+        return "gelu_tanh" if self.gelu_approximate else "gelu"
+
+    def _has_class_token(self) -> bool:
+        if self.class_token is not None:
+            return bool(self.class_token)
+        return self.classifier in ("token", "token_unpooled")
+
+    def _prefix_tokens(self, x):
+        """The class and distillation tokens before the patch tokens; (tokens, how many)."""
+        n, _, c = x.shape
+        prefix = []
+        if self._has_class_token():
+            prefix.append(self.param("cls", nn.initializers.zeros, (1, 1, c), self.param_dtype))
+        if self.distilled:
+            prefix.append(self.param("dist", nn.initializers.normal(stddev=0.02), (1, 1, c), self.param_dtype))
+        tokens = [jnp.broadcast_to(p.astype(x.dtype), (n, 1, c)) for p in prefix]
+        return jnp.concatenate([*tokens, x], axis=1), len(prefix)
+
+    def _head(self, name: str):
+        return nn.Dense(
+            features=self.num_classes,
+            kernel_init=nn.initializers.zeros,
+            bias_init=nn.initializers.constant(self.head_bias_init),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+
+    def _distilled_head(self, x):
+        """DeiT's two heads: (logits, pre-logits) = ((head(x0) + head_dist(x1)) / 2, (x0 + x1) / 2),
+        as timm and transformers give them in evaluation (and here in training too)."""
+        x0, x1 = x[:, 0], x[:, 1]
+        pre_logits = IdentityLayer(name="pre_logits")((x0 + x1) / 2)
+        if not self.num_classes:
+            return pre_logits, pre_logits
+        return (self._head("head")(x0) + self._head("head_dist")(x1)) / 2, pre_logits
 
     def _embed(self, inputs):
         """Images -> (B, N, D) patch tokens and the (rows, cols) token grid: the ResNet stem of a
@@ -358,20 +202,24 @@ class VisionTransformer(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             conv_general_dilated=patch_conv,
+            use_bias=self.patch_bias,
             name="embedding",
         )(x)
         n, gh, gw, c = x.shape
         return jnp.reshape(x, [n, gh * gw, c]), (gh, gw)
 
-    def _pool(self, x):
-        """The encoded tokens -> what the head classifies (the unpooled heads keep every token)."""
+    def _pool(self, x, num_prefix: int):
+        """The encoded tokens -> what the head classifies: the class token, or the mean of the patch
+        tokens (class, distillation and register tokens left out), or the attention pool over
+        them; the unpooled heads keep every token."""
         if self.classifier == "token":
             return x[:, 0]
-        if self.classifier == "gap" and self.fc_norm:
-            norm_kw = dict(epsilon=self.layernorm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
-            return LayerNorm(name="fc_norm", **norm_kw)(jnp.mean(x, axis=1))
         if self.classifier == "gap":
-            return jnp.mean(x, axis=1)
+            pooled = jnp.mean(x[:, num_prefix:], axis=1)
+            if self.fc_norm:
+                norm_kw = dict(epsilon=self.layernorm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+                pooled = LayerNorm(name="fc_norm", **norm_kw)(pooled)
+            return pooled
         if self.classifier == "map":
             t = self.transformer
             return MAPHead(
@@ -380,9 +228,9 @@ class VisionTransformer(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 layernorm_epsilon=self.layernorm_epsilon,
-                gelu_approximate=self.gelu_approximate,
+                activation=self._activation(),
                 name="MAPHead",
-            )(x)
+            )(x[:, num_prefix:])
         return x
 
     def _pre_logits(self, x):
@@ -418,6 +266,13 @@ class VisionTransformer(nn.Module):
                 "attention_impl": self.attention_impl,
                 "layernorm_epsilon": self.layernorm_epsilon,
                 "fc_norm": self.fc_norm,
+                "activation": self.activation,
+                "class_token": self.class_token,
+                "reg_tokens": self.reg_tokens,
+                "distilled": self.distilled,
+                "layerscale_init": self.layerscale_init,
+                "mlp_type": self.mlp_type,
+                "rope": self.rope,
             }
         )
 
@@ -505,6 +360,7 @@ def check_fields(fields: dict[str, Any]) -> None:
             "patch_drop_rate with posemb='relative': the relative position bias needs every token of the grid; "
             "use posemb='learn' or 'sincos2d', or patch_drop_rate=0."
         )
+    _check_family_fields(fields, classifier)
     if fields.get("fc_norm") and classifier != "gap":
         raise ValueError(f"fc_norm=True: it normalises the pooled vector of classifier='gap'; {classifier!r} has none.")
     if fields["hidden_size"] % t["num_heads"]:
@@ -512,3 +368,27 @@ def check_fields(fields: dict[str, Any]) -> None:
             f"transformer.num_heads={t['num_heads']} does not divide hidden_size={fields['hidden_size']}: "
             "choose a head count that divides it."
         )
+
+
+def _check_family_fields(fields: dict[str, Any], classifier: str) -> None:
+    """The fields of the other families (LayerScale, registers, distillation, activation, ...)."""
+    checks = [
+        ("activation", fields.get("activation"), lambda v: v is None or v in ACTIVATIONS, ", ".join(ACTIVATIONS)),
+        ("mlp_type", fields.get("mlp_type") or "mlp", lambda v: v in MLP_TYPES, ", ".join(MLP_TYPES)),
+        ("reg_tokens", fields.get("reg_tokens") or 0, lambda v: _is_int(v) and v >= 0, "0 or more"),
+        ("layerscale_init", fields.get("layerscale_init"), lambda v: v is None or _is_number(v), "a number, or None"),
+    ]
+    for field, value, ok, allowed in checks:
+        if not ok(value):
+            raise ValueError(f"{field}={value!r}: use {allowed}.")
+    has_cls = fields.get("class_token")
+    if has_cls is None:
+        has_cls = classifier in ("token", "token_unpooled")
+    if not has_cls and classifier in ("token", "token_unpooled"):
+        raise ValueError(f"class_token=False with classifier={classifier!r}: that head reads the class token.")
+    if fields.get("distilled") and (classifier != "token" or not has_cls):
+        raise ValueError("distilled=True: DeiT's distillation head goes with classifier='token' and a class token.")
+    if fields.get("rope"):
+        heads = (fields.get("transformer") or {}).get("num_heads") or 1
+        if (fields["hidden_size"] // heads) % 4:
+            raise ValueError(f"rope=True needs a head dimension divisible by 4, got {fields['hidden_size'] // heads}.")

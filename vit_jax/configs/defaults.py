@@ -89,6 +89,20 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.layernorm_epsilon = config_dict.placeholder(float)
     c.model.gelu_approximate = config_dict.placeholder(bool)
     c.model.fc_norm = config_dict.placeholder(bool)
+    # The later families' pieces (README, Models; unset: the original's behaviour, or what a
+    # pretrained timm or transformers checkpoint brings).
+    c.model.activation = config_dict.placeholder(str)  # gelu_tanh | gelu | quick_gelu
+    c.model.class_token = config_dict.placeholder(bool)
+    c.model.reg_tokens = config_dict.placeholder(int)
+    c.model.distilled = config_dict.placeholder(bool)
+    c.model.posemb_prefix = config_dict.placeholder(bool)
+    c.model.pre_norm = config_dict.placeholder(bool)
+    c.model.patch_bias = config_dict.placeholder(bool)
+    c.model.layerscale_init = config_dict.placeholder(float)
+    c.model.mlp_type = config_dict.placeholder(str)  # mlp | swiglu | swiglu_norm
+    c.model.qk_norm = config_dict.placeholder(bool)
+    c.model.rope = config_dict.placeholder(bool)
+    c.model.rope_ref_grid = config_dict.placeholder(tuple)
     c.model.dtype = "float32"  # computation; parameters stay float32
     # A checkpoint to start from: an original .npz (local or gs://), a timm or transformers model
     # directory, or hf-hub:ORG/NAME (vit_jax.pretrained).
