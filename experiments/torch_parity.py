@@ -179,15 +179,30 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     images = lambda size: rng.uniform(-1, 1, (2, size, size, 3)).astype(np.float32)  # noqa: E731
+    from experiments import torch_parity_families as fam
+
     with tempfile.TemporaryDirectory() as workdir:
         rows = []
         cases = [*[(timm_case, a) for a in TIMM_CASES], (hf_case, True), (hf_case, False)]
         for case in [*cases, (ours_case, "timm"), (ours_case, "hf")]:
             rows.append(case[0](case[1], images, workdir))
             print(json.dumps(rows[-1]), flush=True)
+        family_rows = []
+        for case in fam.TIMM_FAMILY_CASES:
+            family_rows.append(fam.timm_family_case(case, images, workdir, rel_err, randomize))
+            print(json.dumps(family_rows[-1]), flush=True)
+        family_rows.append(fam.timm_resample_case(images, workdir, rel_err, randomize))
+        print(json.dumps(family_rows[-1]), flush=True)
+        for spec in fam._hf_models():
+            for row in fam.hf_family_case(spec, images, workdir, rel_err, randomize):
+                family_rows.append(row)
+                print(json.dumps(row), flush=True)
+        for row in fam.hf_full_model_cases(images, workdir, rel_err, randomize):
+            family_rows.append(row)
+            print(json.dumps(row), flush=True)
     versions = {"torch": torch.__version__, "timm": timm.__version__, "transformers": transformers.__version__}
     with open(args.out, "w") as f:
-        json.dump({"versions": versions, "cases": rows}, f, indent=1)
+        json.dump({"versions": versions, "cases": rows, "families": family_rows}, f, indent=1)
 
 
 if __name__ == "__main__":

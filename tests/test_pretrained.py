@@ -276,7 +276,7 @@ def test_hf_hub_source_goes_through_huggingface_hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     p = pretrained.load("hf-hub:someone/tiny-vit")
-    assert asked == [("someone/tiny-vit", ["config.json", "model.safetensors"])]
+    assert asked == [("someone/tiny-vit", ["config.json", "model.safetensors", "preprocessor_config.json"])]
     assert p.source == "hf-hub:someone/tiny-vit" and same(p.params, params)
 
 

@@ -25,9 +25,15 @@ from vit_jax import models, models_posemb
 # ----------------------------------------------------------------------------- geometry
 
 
+def has_class_token(model) -> bool:
+    if getattr(model, "class_token", None) is not None:
+        return bool(model.class_token)
+    return model.classifier in ("token", "token_unpooled")
+
+
 def num_prefix_tokens(model) -> int:
-    """Tokens before the patches (the cls token) for this model."""
-    return 1 if model.classifier in ("token", "token_unpooled") else 0
+    """Tokens before the patches for this model: class, distillation and register tokens."""
+    return int(has_class_token(model)) + int(getattr(model, "distilled", False)) + int(getattr(model, "reg_tokens", 0))
 
 
 def token_grid(model, image_shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[float, float]]:
@@ -102,8 +108,10 @@ def mean_attention_distance(model, params, images, batch_size: int = 32) -> np.n
 # ----------------------------------------------------------------------------- rollout
 
 
-def rollout_from_weights(attention, num_prefix_tokens: int) -> np.ndarray:
-    """Rollout maps over the patches from (layers, B, heads, T, T) weights: (B, N)."""
+def rollout_from_weights(attention, num_prefix_tokens: int, class_token: bool | None = None) -> np.ndarray:
+    """Rollout maps over the patches from (layers, B, heads, T, T) weights: (B, N). With a class
+    token (the first token; by default when there are prefix tokens) its row, else the mean of
+    the patch rows; the other prefix tokens (distillation, registers) are left out of the map."""
     attention = np.asarray(attention, np.float64)
     a = attention.mean(axis=2)  # (L, B, T, T): mean over heads
     a = a + np.eye(a.shape[-1])
@@ -112,17 +120,19 @@ def rollout_from_weights(attention, num_prefix_tokens: int) -> np.ndarray:
     for layer in a[1:]:
         r = layer @ r  # R = A_l R: later blocks multiply from the left
     p = num_prefix_tokens
-    if p:
+    if class_token is None:
+        class_token = p > 0
+    if class_token:
         return r[:, 0, p:]
-    return r.mean(axis=1)
+    return r[:, p:, p:].mean(axis=1)
 
 
 def attention_rollout(model, params, images, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(maps on the grid (B, gh, gw), maps resized to the image (B, H, W))."""
     images = np.asarray(images)
     grid, _ = token_grid(model, images.shape[1:3])
-    p = num_prefix_tokens(model)
-    maps = [rollout_from_weights(a, p) for a in _attention_batches(model, params, images, batch_size)]
+    p, cls = num_prefix_tokens(model), has_class_token(model)
+    maps = [rollout_from_weights(a, p, cls) for a in _attention_batches(model, params, images, batch_size)]
     grid_maps = np.concatenate(maps).reshape(len(images), *grid)
     resized = jax.image.resize(jnp.asarray(grid_maps), (len(images), *images.shape[1:3]), "linear")
     return grid_maps, np.asarray(resized)

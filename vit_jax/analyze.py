@@ -45,7 +45,7 @@ def main(argv=None) -> int:
             images = np.asarray(preprocess.preprocess_eval(source.first_images(args.num_images), loaded.pp))
             outdir = args.outdir or os.path.join(args.workdir, "analysis")
         else:
-            loaded = runs.from_checkpoint(args.checkpoint, args.model, args.image_size)
+            loaded = runs.from_checkpoint(args.checkpoint, args.model, args.image_size, need_head=False)
             files = runs.image_files(args.images)[: args.num_images]
             images, _, failures = runs.load_images(files, loaded)
             for e in failures:

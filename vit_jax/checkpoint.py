@@ -63,9 +63,9 @@ def resize_grid(grid: np.ndarray, new_shape: tuple[int, int], method: str = "spl
     if (gh, gw) == (nh, nw):
         return grid
     if method == "spline":
-        import scipy.ndimage  # here, not at the top: its import is 0.3 s of every run's start-up
+        from vit_jax.weights import resample
 
-        out = scipy.ndimage.zoom(grid, (nh / gh, nw / gw, 1), order=1)
+        out = resample.spline(grid, (nh, nw))
     else:
         out = np.asarray(jax.image.resize(grid, (nh, nw, grid.shape[2]), method=method, antialias=False))
     assert out.shape[:2] == (nh, nw), (out.shape, new_shape)
@@ -134,9 +134,10 @@ def load_pretrained(
     """
     restored = flatten(_load_any(pretrained_path, _field(model_config, "model_name")))
     init = flatten(unstack_blocks(jax.device_get(init_params)))
-    had_cls = "cls" in restored  # the position embedding's cls row goes with the token
+    # The position embedding's rows of the class (and distillation) token go with the tokens.
+    old_prefix, new_prefix = _posemb_prefix(restored, model_config), _posemb_prefix(init, model_config)
     _fit_head(restored, init, _field(model_config, "representation_size"))
-    _fit_position_embeddings(restored, init, had_cls, resize, old_grid_shape, new_grid_shape)
+    _fit_position_embeddings(restored, init, (old_prefix, new_prefix), resize, old_grid_shape, new_grid_shape)
     _check_keys(restored, init, pretrained_path, allow_missing, allow_extra)
     out = unflatten({k: np.asarray(restored[k], dtype=np.asarray(init[k]).dtype) for k in init})
     return stack_blocks(out) if is_stacked(init_params) else out
@@ -146,17 +147,19 @@ def _load_any(path: str, model_name: str | None = None) -> dict:
     """The parameter tree of an original .npz, or of timm's or transformers' weights (vit_jax.pretrained)."""
     from vit_jax.weights import readers
 
-    if readers.is_layout_source(path):
-        return readers.load_cached(os.fspath(path), model_name).params
+    if readers.is_layout_source(path):  # a directory names its architecture; a bare file needs the name
+        name = model_name if os.fspath(path).endswith(".safetensors") else None
+        return readers.load_cached(os.fspath(path), name).params
     return load(path)
 
 
 def _fit_head(restored: dict, init: dict, representation_size) -> None:
     """A fresh head; the pre-logits layer kept, dropped or fresh as the model has one; the cls
     token dropped (token -> GAP) or fresh (GAP -> token)."""
-    for k in [k for k in restored if k.startswith("head/")]:
+    heads = ("head/", "head_dist/")  # DeiT's distillation head is a head too
+    for k in [k for k in restored if k.startswith(heads)]:
         del restored[k]
-    restored.update({k: v for k, v in init.items() if k.startswith("head/")})
+    restored.update({k: v for k, v in init.items() if k.startswith(heads)})
     has_pre_logits = any(k.startswith("pre_logits/") for k in restored)
     if representation_size is None and has_pre_logits:
         log.info("load_pretrained: dropping the checkpoint's pre_logits (representation_size is None).")
@@ -171,22 +174,31 @@ def _fit_head(restored: dict, init: dict, representation_size) -> None:
         restored["cls"] = init["cls"]
 
 
+def _posemb_prefix(params: dict, model_config) -> int:
+    """Rows of the 1-D position embedding before the grid: the class and distillation tokens',
+    unless the table covers the patches only (posemb_prefix False, timm's no_embed_class)."""
+    if _field(model_config, "posemb_prefix") is False:
+        return 0
+    return int("cls" in params) + int("dist" in params)
+
+
 def _fit_position_embeddings(
-    restored: dict, init: dict, old_cls: bool, resize: str, old_grid_shape, new_grid_shape
+    restored: dict, init: dict, prefix: tuple[int, int], resize: str, old_grid_shape, new_grid_shape
 ) -> None:
-    """Every kind of position embedding resized to the model's token grid (cls row kept apart)."""
-    new_cls = "cls" in init
+    """Every kind of position embedding resized to the model's token grid (the prefix rows of the
+    class and distillation tokens kept apart: kept, dropped, or fresh where the checkpoint has none)."""
+    old_p, new_p = prefix
     if POSEMB_KEY in restored and POSEMB_KEY in init:
         posemb, posemb_new = restored[POSEMB_KEY], init[POSEMB_KEY]
-        grid = posemb[:, 1:] if old_cls else posemb
-        n_new = posemb_new.shape[1] - int(new_cls)
+        grid = posemb[:, old_p:]
+        n_new = posemb_new.shape[1] - new_p
         if grid.shape[1] != n_new:
             grid = interpolate_posembed(
                 grid, n_new, False, method=resize, old_grid_shape=old_grid_shape, new_grid_shape=new_grid_shape
             )
-        if new_cls:
-            cls_row = posemb[:, :1] if old_cls else posemb_new[:, :1]
-            grid = np.concatenate([cls_row, grid], axis=1)
+        if new_p:
+            rows = posemb[:, :new_p] if old_p == new_p else posemb_new[:, :new_p]
+            grid = np.concatenate([rows, grid], axis=1)
         restored[POSEMB_KEY] = grid
     for key in (ROW_KEY, COL_KEY):
         if key in restored and key in init and restored[key].shape != init[key].shape:

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from vit_jax import checkpoint, config_original, errors, models_vit, parallel
 from vit_jax.configs import defaults
@@ -130,38 +131,92 @@ def from_original(config):
     return config
 
 
-# Model fields a timm or transformers checkpoint brings: its numerics always (unless the config
-# sets them), its architecture when the config names no model. The pre-logits layer is not
-# carried over (fine-tuning drops it, as the original's recipe does) unless the config sets it.
+# Model fields a timm or transformers checkpoint brings, replacing the config's: its architecture,
+# numerics and the later families' fields. The pre-logits layer is not carried over (fine-tuning
+# drops it, as the original's recipe does) unless the config sets it; dropout and the other
+# training-time fields stay the config's.
 _NUMERICS_FIELDS = ("layernorm_epsilon", "gelu_approximate", "fc_norm")
 _ARCH_FIELDS = ("hidden_size", "patches.size", "transformer.mlp_dim", "transformer.num_heads")
-_ARCH_FIELDS += ("transformer.num_layers", "transformer.dropout_rate", "transformer.attention_dropout_rate")
-_ARCH_FIELDS += ("classifier", "resnet.num_layers", "resnet.width_factor")
-_RESNET_NUMERICS = ("resnet.ws_epsilon", "resnet.ws_epsilon_in_sqrt", "resnet.gn_epsilon")
+_ARCH_FIELDS += ("transformer.num_layers", "classifier", "posemb")
+_FAMILY_FIELDS = ("activation", "class_token", "reg_tokens", "distilled", "posemb_prefix", "pre_norm", "patch_bias")
+_FAMILY_FIELDS += ("layerscale_init", "mlp_type", "qk_norm", "key_bias", "rope", "rope_ref_grid")
+_RESNET_FIELDS = ("resnet.num_layers", "resnet.width_factor", "resnet.ws_epsilon", "resnet.ws_epsilon_in_sqrt")
+_RESNET_FIELDS += ("resnet.gn_epsilon",)
 
 
 def with_pretrained_model(config) -> ml_collections.ConfigDict:
-    """`config` with its unset model fields filled from a timm or transformers pretrained source."""
+    """`config` with the model a timm or transformers pretrained source describes: its architecture
+    fields replace the config's (one log line per field replaced; the registered `model_name` goes,
+    unless it names a bare .safetensors file's architecture), the training-time fields (dropout,
+    stochastic depth, dtype, remat, scan) stay the config's, the crop becomes a multiple of its
+    patch, and its input normalisation fills `pp.mean`/`pp.std` unless the config sets them."""
     from vit_jax import pretrained
 
     path = pretrained_file(config)
     if not path or not pretrained.is_layout_source(path):
         return config
-    source = pretrained.load_cached(path, config.model_name)
+    bare = path.endswith(".safetensors")
+    source = pretrained.load_cached(path, config.model_name if bare else None)
     flat = {k.replace("/", "."): v for k, v in checkpoint.flatten(source.model_config).items()}
-    fields = _NUMERICS_FIELDS + (_RESNET_NUMERICS if flat.get("resnet.num_layers") is not None else ())
-    if not config.model_name:
-        fields += _ARCH_FIELDS
+    before = _effective_fields(config)
     config = config.copy_and_resolve_references()
     with config.unlocked():
-        for field in fields:
-            *parents, leaf = field.split(".")
-            node = config.model
-            for name in parents:
-                node = node[name]
-            if node.get(leaf) is None and flat.get(field) is not None:
-                node[leaf] = flat[field]
+        if config.model_name and before.get("resnet.num_layers") is not None and flat.get("resnet.num_layers") is None:
+            log.info("Pretrained %s: a pure ViT; model_name=%s (a hybrid) dropped.", path, config.model_name)
+            config.model_name = None
+            config.model.resnet.num_layers = None
+        for field in _ARCH_FIELDS + _NUMERICS_FIELDS + _FAMILY_FIELDS + _RESNET_FIELDS:
+            _take_field(config, field, flat.get(field), before.get(field), path)
+        _fit_input(config, source, path)
     return config
+
+
+def _effective_fields(config) -> dict[str, Any]:
+    """The model fields the config gives now (its registered model's, then its own), flattened."""
+    try:
+        kwargs = model_kwargs(config)
+    except ConfigError:
+        return {}
+    return {k.replace("/", "."): v for k, v in checkpoint.flatten(kwargs).items()}
+
+
+def _take_field(config, field: str, value, old, path: str) -> None:
+    *parents, leaf = field.split(".")
+    node = config.model
+    for name in parents:
+        node = node[name]
+    if isinstance(value, list):
+        value = tuple(value)
+    if value is None:
+        return
+    old = node.get(leaf) if node.get(leaf) is not None else old
+    if isinstance(old, list):
+        old = tuple(old)
+    if old is not None and old != value:
+        log.info("Pretrained %s: model.%s=%r replaced by the checkpoint's %r.", path, field, old, value)
+    node[leaf] = value
+
+
+def _fit_input(config, source, path: str) -> None:
+    """The crop a multiple of the checkpoint's patch, its channels, its mean and std."""
+    ph, pw = source.model_config["patches"]["size"]
+    crop = config.pp.crop if isinstance(config.pp.crop, int) else config.pp.crop[0]
+    if crop % ph or crop % pw:
+        new = -(-crop // ph) * ph
+        log.info(
+            "Pretrained %s: pp.crop=%s is not a multiple of its %dx%d patch: %d.", path, config.pp.crop, ph, pw, new
+        )
+        config.pp.crop = new
+    chans = int(np.shape(source.params["embedding"]["kernel"])[2]) if "embedding" in source.params else 3
+    if "conv_root" not in source.params and config.pp.channels != chans:
+        log.info("Pretrained %s: pp.channels=%s -> %d (its patch embedding's).", path, config.pp.channels, chans)
+        config.pp.channels = chans
+    from vit_jax import pretrained
+
+    norm = pretrained.normalisation(source)
+    if config.pp.get("mean") is None and norm is not None:
+        config.pp.mean, config.pp.std = norm
+        log.info("Pretrained %s: inputs normalised with its mean %s and std %s.", path, config.pp.mean, config.pp.std)
 
 
 # ----------------------------------------------------------------------------- what it describes

@@ -68,8 +68,13 @@ def _model_and_config(args):
     size = args.image_size or (p.image_size[0] if p.image_size else None)
     if not size:
         raise runs.RunError(f"{args.checkpoint}: the image size cannot be read from it; pass --image_size.")
+    if p.image_size and size != p.image_size[0]:
+        p = pretrained.for_image_size(p, size)  # resampled as the source's library resamples
     c = defaults.get_config()
     c.pp.crop, c.pp.channels = size, 3
+    norm = pretrained.normalisation(p)
+    if norm is not None:
+        c.pp.mean, c.pp.std = norm
     return p.model(), p.params, c
 
 

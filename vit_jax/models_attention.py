@@ -56,10 +56,13 @@ class ProjectionParams(nn.Module):
     bias_shape: tuple[int, ...]
     in_axes: int
     param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self):
         kernel = self.param("kernel", _flat_xavier(self.in_axes), self.kernel_shape, self.param_dtype)
+        if not self.use_bias:  # EVA-02's key projection: no bias parameter
+            return kernel, jnp.zeros(self.bias_shape, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, self.bias_shape, self.param_dtype)
         return kernel, bias
 
@@ -71,7 +74,8 @@ class MultiHeadDotProductAttention(nn.Module):
     indexed by the 2-D offset between query and key patches (prefix tokens get 0). With
     `qk_norm`, each head's queries and keys go through a LayerNorm (`query_norm`, `key_norm`,
     over the head dimension); with `rope` = (sin, cos) of `models_posemb.rope_tables`, the
-    patch tokens' queries and keys are rotated (EVA-02).
+    patch tokens' queries and keys are rotated (EVA-02). `key_bias=False` leaves the key
+    projection without a bias (EVA-02: under the rotation a key bias is not a constant per query).
     """
 
     num_heads: int
@@ -84,6 +88,7 @@ class MultiHeadDotProductAttention(nn.Module):
     attention_impl: str = "auto"
     qk_norm: bool = False
     layernorm_epsilon: float = 1e-6
+    key_bias: bool = True
 
     @nn.compact
     def __call__(self, inputs_q, inputs_kv=None, *, return_weights: bool = False, rope=None):
@@ -93,7 +98,10 @@ class MultiHeadDotProductAttention(nn.Module):
             raise ValueError(f"num_heads={h} does not divide hidden_size={d}.")
         dh = d // h
         pkw = dict(param_dtype=self.param_dtype)
-        in_proj = [ProjectionParams((d, h, dh), (h, dh), 1, name=n, **pkw)() for n in ("query", "key", "value")]
+        in_proj = [
+            ProjectionParams((d, h, dh), (h, dh), 1, use_bias=n != "key" or self.key_bias, name=n, **pkw)()
+            for n in ("query", "key", "value")
+        ]
         out_k, out_b = ProjectionParams((h, dh, d), (d,), 2, name="out", **pkw)()
         cast = lambda a: jnp.asarray(a, self.dtype)  # noqa: E731
         xq = cast(inputs_q)

@@ -151,6 +151,7 @@ class Encoder1DBlock(nn.Module):
     layerscale_init: float | None = None
     mlp_type: str = "mlp"
     qk_norm: bool = False
+    key_bias: bool = True
     rope_grid: tuple[int, int] | None = None  # EVA-02's rotary embedding over this token grid
     rope_ref_grid: tuple[int, int] | None = None
 
@@ -179,6 +180,7 @@ class Encoder1DBlock(nn.Module):
             attention_impl=self.attention_impl,
             qk_norm=self.qk_norm,
             layernorm_epsilon=self.layernorm_epsilon,
+            key_bias=self.key_bias,
             name="MultiHeadDotProductAttention_0",
             **kw,
         )(x, return_weights=self.return_intermediates, rope=rope)
@@ -238,6 +240,7 @@ class Encoder(nn.Module):
     layerscale_init: float | None = None
     mlp_type: str = "mlp"
     qk_norm: bool = False
+    key_bias: bool = True
     rope: bool = False
     rope_ref_grid: tuple[int, int] | None = None
 
@@ -284,6 +287,7 @@ class Encoder(nn.Module):
             layerscale_init=self.layerscale_init,
             mlp_type=self.mlp_type,
             qk_norm=self.qk_norm,
+            key_bias=self.key_bias,
             rope_grid=(gh, gw) if self.rope else None,
             rope_ref_grid=self.rope_ref_grid,
         )

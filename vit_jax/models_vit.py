@@ -79,6 +79,7 @@ class VisionTransformer(nn.Module):
     qk_norm: bool = False
     rope: bool = False  # EVA-02's 2-D rotary position embedding of queries and keys
     rope_ref_grid: tuple[int, int] | None = None  # the grid its positions are rescaled to (EVA-02: 16x16)
+    key_bias: bool = True  # False: the key projection has no bias (EVA-02)
 
     @nn.compact
     def __call__(self, inputs, *, train: bool = False, return_intermediates: bool = False):
@@ -115,6 +116,7 @@ class VisionTransformer(nn.Module):
             layerscale_init=self.layerscale_init,
             mlp_type=self.mlp_type,
             qk_norm=self.qk_norm,
+            key_bias=self.key_bias,
             rope=self.rope,
             rope_ref_grid=self.rope_ref_grid,
             name="Transformer",

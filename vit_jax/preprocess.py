@@ -8,7 +8,8 @@ area_min = 1 and a border a random crop of the original size; an optional horizo
 flip; RandAugment (`randaug`, on the image rounded to whole gray levels); the scaling to
 the model's input; random erasing (`erase_prob`). Mixup and CutMix (`mixup_dict`) act on
 the batch after this, in the train step. Evaluation resizes the whole image to `crop`.
-Both scale to [-1, 1], the original release's input range, and repeat a single channel
+Both scale to [-1, 1], the original release's input range (or, with `pp.mean` and `pp.std`,
+a pretrained checkpoint's normalisation: (x / 255 - mean) / std), and repeat a single channel
 to three for RGB models (or average three to one).
 """
 
@@ -22,13 +23,21 @@ from vit_jax import augment
 from vit_jax.utils import to_pair
 
 
-def _to_model_input(x, channels: int):
-    """uint8-valued float images -> [-1, 1], with 1 channel repeated to 3 if needed."""
-    x = x / 127.5 - 1.0
+def _to_model_input(x, pp):
+    """uint8-valued float images -> [-1, 1] (or (x / 255 - mean) / std with `pp` mean and std, a
+    pretrained checkpoint's), with 1 channel repeated to 3 if needed."""
+    channels = pp["channels"]
+    if pp.get("mean") is None:
+        x = x / 127.5 - 1.0
     if x.shape[-1] == 1 and channels == 3:
         x = jnp.repeat(x, 3, axis=-1)
     elif x.shape[-1] == 3 and channels == 1:
         x = jnp.mean(x, axis=-1, keepdims=True)
+    if pp.get("mean") is not None:
+        mean, std = jnp.asarray(pp["mean"], jnp.float32), jnp.asarray(pp["std"], jnp.float32)
+        if x.shape[-1] == 1:
+            mean, std = jnp.mean(mean, keepdims=True), jnp.mean(std, keepdims=True)
+        x = (x / 255.0 - mean) / std
     return x
 
 
@@ -86,7 +95,7 @@ def preprocess_train(images, rng, pp) -> jax.Array:
         if num_layers:
             image = jnp.clip(jnp.round(image), 0.0, 255.0)
             image = augment.randaugment(image, jax.random.fold_in(key, 2), num_layers, magnitude)
-        image = _to_model_input(image, pp["channels"])
+        image = _to_model_input(image, pp)
         if erase:
             image = augment.random_erase(image, jax.random.fold_in(key, 3), erase)
         return image
@@ -96,7 +105,7 @@ def preprocess_train(images, rng, pp) -> jax.Array:
 
 def preprocess_eval(images, pp) -> jax.Array:
     """uint8 batch -> float [-1, 1] resized to pp.crop."""
-    return _to_model_input(_eval_pixels(images, pp), pp["channels"])
+    return _to_model_input(_eval_pixels(images, pp), pp)
 
 
 def _eval_pixels(images, pp) -> jax.Array:
@@ -126,7 +135,7 @@ def preprocess_eval_view(images, pp, view, shift: int) -> jax.Array:
     _, h, w, _ = x.shape
     padded = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
     x = jax.lax.dynamic_slice(padded, (0, shift - view[1], shift - view[2], 0), x.shape)
-    return _to_model_input(x, pp["channels"])
+    return _to_model_input(x, pp)
 
 
 def pp_dict(config, host_crop: bool = False) -> dict[str, Any]:
@@ -142,6 +151,8 @@ def pp_dict(config, host_crop: bool = False) -> dict[str, Any]:
         "pad": int(pp.pad),
         "randaug": (int(pp.randaug.num_layers), float(pp.randaug.magnitude)),
         "erase_prob": float(pp.erase_prob),
+        "mean": tuple(float(v) for v in pp.mean) if pp.get("mean") is not None else None,
+        "std": tuple(float(v) for v in pp.std) if pp.get("std") is not None else None,
     }
 
 

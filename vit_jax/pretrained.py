@@ -21,11 +21,13 @@ from vit_jax.weights.readers import (  # noqa: F401
     architecture,
     check_fits,
     config_from_params,
+    for_image_size,
     hub_download,
     image_size,
     is_layout_source,
     load,
     load_cached,
+    normalisation,
     read_safetensors,
 )
 from vit_jax.weights.writers import export  # noqa: F401

@@ -60,21 +60,23 @@ def from_workdir(workdir: str) -> LoadedModel:
 
 
 def from_checkpoint(
-    path: str, model_name: str | None, image_size: int | None, labels: str | None = None
+    path: str, model_name: str | None, image_size: int | None, labels: str | None = None, need_head: bool = True
 ) -> LoadedModel:
     """Published weights (vit_jax.pretrained: an original .npz, a timm or transformers directory,
-    hf-hub:ORG/NAME) with their classification head. An .npz needs its registered model name
-    unless its file name is one; `image_size` defaults to the size the weights were trained at."""
+    hf-hub:ORG/NAME), with their classification head unless not `need_head` (analyses of a
+    backbone such as DINOv2). An .npz needs its registered model name unless its file name is
+    one; `image_size` defaults to the size the weights were trained at, and another size
+    resamples the position embedding as the source's library does."""
     from vit_jax import pretrained
 
     p = pretrained.load(path, model_name)
-    if not p.num_classes:
+    if need_head and not p.num_classes:
         raise RunError(f"{path} has no classification head ('head/kernel'); it gives features, not classes.")
     trained = tuple(p.image_size) if p.image_size else None
     if image_size:
         size = (image_size, image_size)
         if trained and size != trained:
-            raise RunError(f"{path} was trained at {trained[0]}x{trained[1]} px, not {image_size}: drop --image_size.")
+            p = pretrained.for_image_size(p, image_size)
     elif trained:
         size = trained
     else:
@@ -85,6 +87,9 @@ def from_checkpoint(
     else:
         class_names = p.class_names or [str(i) for i in range(p.num_classes)]
     pp = {"crop": size, "channels": 3, "host": decode.HostSpec(size=to_pair(size))}
+    norm = pretrained.normalisation(p)
+    if norm is not None:
+        pp["mean"], pp["std"] = norm
     return LoadedModel(p.model(), p.params, class_names, pp, None, p.source)
 
 

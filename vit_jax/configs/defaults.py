@@ -33,6 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
     # takes timm's centre crop, e.g. 0.875 (the resize-to-256-then-crop-224 of ImageNet models).
     c.pp.eval_crop_pct = 0.0
     c.pp.channels = 3  # 1-channel data is repeated to 3 for RGB models
+    # Input normalisation (x / 255 - mean) / std per channel; unset: the original's [-1, 1]. A timm
+    # or transformers checkpoint brings its own (CLIP, DINOv2 and SigLIP do not take [-1, 1]).
+    c.pp.mean = config_dict.placeholder(tuple)
+    c.pp.std = config_dict.placeholder(tuple)
     # Augmentation of training images, on the device inside the train step (vit_jax/augment.py);
     # every one is off by default. `pad`: pixels of black border added before the crop (with
     # area_min=1 a random crop of the original size: the classic pad-and-crop of tiny images).
@@ -103,6 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.qk_norm = config_dict.placeholder(bool)
     c.model.rope = config_dict.placeholder(bool)
     c.model.rope_ref_grid = config_dict.placeholder(tuple)
+    c.model.key_bias = config_dict.placeholder(bool)
     c.model.dtype = "float32"  # computation; parameters stay float32
     # A checkpoint to start from: an original .npz (local or gs://), a timm or transformers model
     # directory, or hf-hub:ORG/NAME (vit_jax.pretrained).

@@ -49,14 +49,19 @@ def _conv_out(k) -> np.ndarray:
 
 
 def _heads_in(w, b, num_heads: int) -> Tree:
-    """A (D, D) query/key/value projection -> kernel (D, heads, head_dim), bias (heads, head_dim)."""
-    w, b = np.asarray(w), np.asarray(b)
-    return {"kernel": np.ascontiguousarray(w.T).reshape(w.shape[1], num_heads, -1), "bias": b.reshape(num_heads, -1)}
+    """A (D, D) query/key/value projection -> kernel (D, heads, head_dim), bias (heads, head_dim);
+    a bias of None (EVA-02's key) stays out of the tree."""
+    w = np.asarray(w)
+    out = {"kernel": np.ascontiguousarray(w.T).reshape(w.shape[1], num_heads, -1)}
+    if b is not None:
+        out["bias"] = np.asarray(b).reshape(num_heads, -1)
+    return out
 
 
-def _heads_out(p: Tree) -> tuple[np.ndarray, np.ndarray]:
+def _heads_out(p: Tree) -> tuple[np.ndarray, np.ndarray | None]:
     k = np.asarray(p["kernel"])
-    return np.ascontiguousarray(k.reshape(k.shape[0], -1).T), np.asarray(p["bias"]).reshape(-1)
+    bias = np.asarray(p["bias"]).reshape(-1) if "bias" in p else None
+    return np.ascontiguousarray(k.reshape(k.shape[0], -1).T), bias
 
 
 def _out_in(w, b, num_heads: int) -> Tree:
@@ -98,35 +103,104 @@ def num_blocks(state: dict, pattern: str) -> int:
 
 
 def from_timm(state: dict[str, np.ndarray], num_heads: int) -> tuple[Tree, list[str]]:
-    """A timm ViT state dict -> (parameter tree, keys it did not use)."""
+    """A timm ViT state dict -> (parameter tree, keys it did not use). Covers the original
+    family and the later ones' optional weights: `reg_token`, `dist_token`/`head_dist`,
+    `norm_pre`, a patch convolution without bias, LayerScale (`ls1.gamma` or EVA's `gamma_1`),
+    QK-norm, EVA-02's `q_bias`/`v_bias` or unfused `q_proj`/`k_proj`/`v_proj`, SwiGLU (packed
+    `fc1`, or `fc1_g`/`fc1_x` with `mlp.norm`) and the attention-pool head `attn_pool`."""
     state = dict(state)
     params: Tree = {}
     transformer: Tree = {}
-    if "cls_token" in state:
-        params["cls"] = state.pop("cls_token")
+    for key, name in (("cls_token", "cls"), ("dist_token", "dist"), ("reg_token", "reg")):
+        if key in state:
+            params[name] = state.pop(key)
     if "pos_embed" in state:
         transformer["posembed_input"] = {"pos_embedding": state.pop("pos_embed")}
-    w, b = _pop2(state, "patch_embed.proj")
-    params["embedding"] = {"kernel": _conv_in(w), "bias": b}
+    params["embedding"] = {"kernel": _conv_in(state.pop("patch_embed.proj.weight"))}
+    if "patch_embed.proj.bias" in state:
+        params["embedding"]["bias"] = state.pop("patch_embed.proj.bias")
     params.update(_resnet_from_timm(state))
+    if "norm_pre.weight" in state:
+        transformer["pre_norm"] = _norm_in(*_pop2(state, "norm_pre"))
     for i in range(num_blocks(state, r"blocks\.(\d+)\.")):
-        p = f"blocks.{i}."
-        qkv_w, qkv_b = _pop2(state, p + "attn.qkv")
-        d = qkv_w.shape[1]
-        attention = {
-            name: _heads_in(qkv_w[j * d : (j + 1) * d], qkv_b[j * d : (j + 1) * d], num_heads)
-            for j, name in enumerate(("query", "key", "value"))
-        }
-        attention["out"] = _out_in(*_pop2(state, p + "attn.proj"), num_heads)
-        transformer[f"encoderblock_{i}"] = _block_in(state, attention, p, ("norm1", "norm2", "mlp.fc1", "mlp.fc2"))
+        transformer[f"encoderblock_{i}"] = _timm_block_in(state, f"blocks.{i}.", num_heads)
     if "norm.weight" in state:
         transformer["encoder_norm"] = _norm_in(*_pop2(state, "norm"))
     if "fc_norm.weight" in state:
         params["fc_norm"] = _norm_in(*_pop2(state, "fc_norm"))
+    if "attn_pool.latent" in state:
+        params["MAPHead"] = _map_from_timm(state, num_heads)
     params["Transformer"] = transformer
-    if "head.weight" in state:
-        params["head"] = _dense_in(*_pop2(state, "head"))
+    for key in ("head", "head_dist"):
+        if f"{key}.weight" in state:
+            params[key] = _dense_in(*_pop2(state, key))
     return params, sorted(state)
+
+
+def _timm_qkv_in(state: dict, p: str) -> tuple[np.ndarray, ...]:
+    """(query, key, value) weights, then biases, of a timm or EVA attention (EVA's key: None)."""
+    if p + "qkv.weight" in state:
+        w = state.pop(p + "qkv.weight")
+        d = w.shape[1]
+        if p + "qkv.bias" in state or p + "q_bias" not in state:
+            b = state.pop(p + "qkv.bias")
+        else:
+            q_bias, v_bias = state.pop(p + "q_bias"), state.pop(p + "v_bias")
+            return w[:d], w[d : 2 * d], w[2 * d :], q_bias, None, v_bias
+        return tuple(w[j * d : (j + 1) * d] for j in range(3)) + tuple(b[j * d : (j + 1) * d] for j in range(3))
+    ws, bs = [], []
+    for name in ("q_proj", "k_proj", "v_proj"):
+        ws.append(state.pop(f"{p}{name}.weight"))
+        bs.append(state.pop(f"{p}{name}.bias", None))
+    return (*ws, *bs)
+
+
+def _timm_block_in(state: dict, p: str, num_heads: int) -> Tree:
+    qw, kw, vw, qb, kb, vb = _timm_qkv_in(state, p + "attn.")
+    attention = {
+        name: _heads_in(w, b, num_heads) for name, w, b in (("query", qw, qb), ("key", kw, kb), ("value", vw, vb))
+    }
+    attention["out"] = _out_in(*_pop2(state, p + "attn.proj"), num_heads)
+    for ours, theirs in (("query_norm", "attn.q_norm"), ("key_norm", "attn.k_norm")):
+        if f"{p}{theirs}.weight" in state:
+            attention[ours] = _norm_in(*_pop2(state, p + theirs))
+    block = {"LayerNorm_0": _norm_in(*_pop2(state, p + "norm1")), "MultiHeadDotProductAttention_0": attention}
+    block["LayerNorm_1"] = _norm_in(*_pop2(state, p + "norm2"))
+    if p + "mlp.fc1_g.weight" in state:  # EVA-02's SwiGLU: gate and value apart
+        gw, gb = _pop2(state, p + "mlp.fc1_g")
+        xw, xb = _pop2(state, p + "mlp.fc1_x")
+        fc1 = _dense_in(np.concatenate([gw, xw]), np.concatenate([gb, xb]))
+    else:
+        fc1 = _dense_in(*_pop2(state, p + "mlp.fc1"))
+    block["MlpBlock_0"] = {"Dense_0": fc1, "Dense_1": _dense_in(*_pop2(state, p + "mlp.fc2"))}
+    if p + "mlp.norm.weight" in state:
+        block["MlpBlock_0"]["LayerNorm_0"] = _norm_in(*_pop2(state, p + "mlp.norm"))
+    for index, names in enumerate((("ls1.gamma", "gamma_1"), ("ls2.gamma", "gamma_2"))):
+        found = [p + n for n in names if p + n in state]
+        if found:
+            block[f"LayerScale_{index}"] = {"scale": state.pop(found[0])}
+    return block
+
+
+def _map_from_timm(state: dict, num_heads: int) -> Tree:
+    """timm's AttentionPoolLatent -> the MAP head: `latent` the probe, `q`, `kv` (keys, then
+    values), `proj`, `norm` and `mlp`."""
+    kv_w, kv_b = _pop2(state, "attn_pool.kv")
+    d = kv_w.shape[1]
+    attention = {"query": _heads_in(*_pop2(state, "attn_pool.q"), num_heads)}
+    attention["key"] = _heads_in(kv_w[:d], kv_b[:d], num_heads)
+    attention["value"] = _heads_in(kv_w[d:], kv_b[d:], num_heads)
+    attention["out"] = _out_in(*_pop2(state, "attn_pool.proj"), num_heads)
+    mlp = {
+        "Dense_0": _dense_in(*_pop2(state, "attn_pool.mlp.fc1")),
+        "Dense_1": _dense_in(*_pop2(state, "attn_pool.mlp.fc2")),
+    }
+    return {
+        "probe": state.pop("attn_pool.latent"),
+        "MultiHeadDotProductAttention_0": attention,
+        "LayerNorm_0": _norm_in(*_pop2(state, "attn_pool.norm")),
+        "MlpBlock_0": mlp,
+    }
 
 
 def _resnet_from_timm(state: dict) -> Tree:
@@ -152,35 +226,85 @@ def _resnet_from_timm(state: dict) -> Tree:
     return out
 
 
-def to_timm(params: Tree) -> dict[str, np.ndarray]:
-    """The parameter tree (per-block layout) -> a timm ViT state dict."""
+def to_timm(params: Tree, eva: bool = False) -> dict[str, np.ndarray]:
+    """The parameter tree (per-block layout) -> a timm state dict; `eva` writes EVA-02's attention
+    (`qkv` without bias plus `q_bias`/`v_bias`, or `q_proj`/`k_proj`/`v_proj` beside a SwiGLU
+    with its norm) and MLP names (`fc1_g`/`fc1_x`)."""
     state: dict[str, np.ndarray] = {}
     t = params["Transformer"]
-    if "cls" in params:
-        state["cls_token"] = np.asarray(params["cls"])
+    for name, key in (("cls", "cls_token"), ("dist", "dist_token"), ("reg", "reg_token")):
+        if name in params:
+            state[key] = np.asarray(params[name])
     if "posembed_input" in t:
         state["pos_embed"] = np.asarray(t["posembed_input"]["pos_embedding"])
     if "conv_root" in params:
         state.update(_resnet_to_timm(params))
     state["patch_embed.proj.weight"] = _conv_out(params["embedding"]["kernel"])
-    state["patch_embed.proj.bias"] = np.asarray(params["embedding"]["bias"])
+    if "bias" in params["embedding"]:
+        state["patch_embed.proj.bias"] = np.asarray(params["embedding"]["bias"])
+    if "pre_norm" in t:
+        _put2(state, "norm_pre", _norm_out(t["pre_norm"]))
     for i in range(num_blocks(t, r"encoderblock_(\d+)$")):
-        blk, p = t[f"encoderblock_{i}"], f"blocks.{i}."
-        att = blk["MultiHeadDotProductAttention_0"]
-        qkv = [_heads_out(att[name]) for name in ("query", "key", "value")]
-        state[p + "norm1.weight"], state[p + "norm1.bias"] = _norm_out(blk["LayerNorm_0"])
-        state[p + "attn.qkv.weight"] = np.concatenate([w for w, _ in qkv])
-        state[p + "attn.qkv.bias"] = np.concatenate([b for _, b in qkv])
-        _put2(state, p + "attn.proj", _out_out(att["out"]))
-        state[p + "norm2.weight"], state[p + "norm2.bias"] = _norm_out(blk["LayerNorm_1"])
-        _put2(state, p + "mlp.fc1", _dense_out(blk["MlpBlock_0"]["Dense_0"]))
-        _put2(state, p + "mlp.fc2", _dense_out(blk["MlpBlock_0"]["Dense_1"]))
+        state.update(_timm_block_out(t[f"encoderblock_{i}"], f"blocks.{i}.", eva))
     if "encoder_norm" in t:
         _put2(state, "norm", _norm_out(t["encoder_norm"]))
     if "fc_norm" in params:
         _put2(state, "fc_norm", _norm_out(params["fc_norm"]))
-    if "head" in params:
-        _put2(state, "head", _dense_out(params["head"]))
+    if "MAPHead" in params:
+        state.update(_map_to_timm(params["MAPHead"]))
+    for key in ("head", "head_dist"):
+        if key in params:
+            _put2(state, key, _dense_out(params[key]))
+    return state
+
+
+def _timm_block_out(blk: Tree, p: str, eva: bool) -> dict[str, np.ndarray]:
+    state: dict[str, np.ndarray] = {}
+    att = blk["MultiHeadDotProductAttention_0"]
+    (qw, qb), (kw, kb), (vw, vb) = (_heads_out(att[name]) for name in ("query", "key", "value"))
+    mlp = blk["MlpBlock_0"]
+    _put2(state, p + "norm1", _norm_out(blk["LayerNorm_0"]))
+    if eva and "LayerNorm_0" in mlp:  # EVA-02 base and large: unfused, the key without bias
+        _put2(state, p + "attn.q_proj", (qw, qb))
+        state[p + "attn.k_proj.weight"] = kw
+        _put2(state, p + "attn.v_proj", (vw, vb))
+    else:
+        state[p + "attn.qkv.weight"] = np.concatenate([qw, kw, vw])
+        if kb is None:  # EVA-02 tiny and small
+            state[p + "attn.q_bias"], state[p + "attn.v_bias"] = qb, vb
+        else:
+            state[p + "attn.qkv.bias"] = np.concatenate([qb, kb, vb])
+    for ours, theirs in (("query_norm", "attn.q_norm"), ("key_norm", "attn.k_norm")):
+        if ours in att:
+            _put2(state, p + theirs, _norm_out(att[ours]))
+    _put2(state, p + "attn.proj", _out_out(att["out"]))
+    _put2(state, p + "norm2", _norm_out(blk["LayerNorm_1"]))
+    w, b = _dense_out(mlp["Dense_0"])
+    if eva and "LayerNorm_0" in mlp:
+        h = w.shape[0] // 2
+        _put2(state, p + "mlp.fc1_g", (w[:h], b[:h]))
+        _put2(state, p + "mlp.fc1_x", (w[h:], b[h:]))
+    else:
+        _put2(state, p + "mlp.fc1", (w, b))
+    if "LayerNorm_0" in mlp:
+        _put2(state, p + "mlp.norm", _norm_out(mlp["LayerNorm_0"]))
+    _put2(state, p + "mlp.fc2", _dense_out(mlp["Dense_1"]))
+    for index in (0, 1):
+        if f"LayerScale_{index}" in blk:
+            state[f"{p}ls{index + 1}.gamma"] = np.asarray(blk[f"LayerScale_{index}"]["scale"])
+    return state
+
+
+def _map_to_timm(head: Tree) -> dict[str, np.ndarray]:
+    att = head["MultiHeadDotProductAttention_0"]
+    (kw, kb), (vw, vb) = _heads_out(att["key"]), _heads_out(att["value"])
+    state = {"attn_pool.latent": np.asarray(head["probe"])}
+    _put2(state, "attn_pool.q", _heads_out(att["query"]))
+    _put2(state, "attn_pool.kv", (np.concatenate([kw, vw]), np.concatenate([kb, vb])))
+    _put2(state, "attn_pool.proj", _out_out(att["out"]))
+    _put2(state, "attn_pool.norm", _norm_out(head["LayerNorm_0"]))
+    _put2(state, "attn_pool.mlp.fc1", _dense_out(head["MlpBlock_0"]["Dense_0"]))
+    _put2(state, "attn_pool.mlp.fc2", _dense_out(head["MlpBlock_0"]["Dense_1"]))
     return state
 
 

@@ -4,11 +4,14 @@
     model = models.VisionTransformer(num_classes=p.num_classes, **p.model_config)
     logits = model.apply({"params": p.params}, images, train=False)
 
-`load(source, model=None)` reads the original release's `.npz` (local or `gs://...`), a
-`.safetensors` file in timm's layout (`model=` names the architecture), a directory as the
-Hugging Face Hub stores a model (timm's: `config.json` with `architecture`; transformers':
-`config.json` with `"model_type": "vit"`; each with `model.safetensors`), or
-`hf-hub:ORG/NAME`, fetched with `huggingface_hub` into its cache. The parameters are the
+`load(source, model=None, image_size=None)` reads the original release's `.npz` (local or
+`gs://...`), a `.safetensors` file in timm's layout (`model=` names the architecture), a
+directory as the Hugging Face Hub stores a model (timm's: `config.json` with `architecture`;
+transformers': `config.json` with `model_type` `vit`, `dinov2`, `dinov2_with_registers`, `clip`,
+`clip_vision_model`, `siglip`, `siglip_vision_model` or `deit`; each with `model.safetensors`),
+or `hf-hub:ORG/NAME`, fetched with `huggingface_hub` into its cache. The later families' timm
+names are in `families.py`; `image_size` resamples the position embedding as the source does
+(`resample.py`); `data_config` is the source's preprocessing. The parameters are the
 tree `npz.load` gives for an original file; `model_config` carries the numerics of
 the source (exact GELU and the LayerNorm epsilon of timm and transformers, timm's weight
 standardisation and GroupNorm epsilon in hybrids), so the model reproduces the source's
@@ -24,32 +27,29 @@ import os
 import re
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import errors, models, models_resnet
-from vit_jax.configs import models as model_configs
-from vit_jax.weights import layouts, npz
+from vit_jax.weights import families, hf_configs, hf_layouts, layouts, npz, resample
+from vit_jax.weights.architectures import (  # noqa: F401  (re-exported: vit_jax.pretrained)
+    TIMM_HEADS,
+    TIMM_HYBRIDS,
+    TIMM_SIZES,
+    PretrainedError,
+    _heads_by_width,
+    _heads_of,
+    _registry_name_of,
+    architecture,
+    check_fits,
+    config_from_params,
+    image_size,
+)
 
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf-hub:"
 HUB_EXAMPLE = "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
 FORMATS = ("timm", "hf", "npz")
-# timm's size words: (hidden, layers, heads); the MLP is 4x wide.
-TIMM_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
-TIMM_SIZES["huge"] = (1280, 32, 16)
-# timm's hybrid ViTs -> the registered models they are.
-TIMM_HYBRIDS = {
-    "vit_tiny_r_s16_p8": "R+ViT-Ti_16",
-    "vit_small_r26_s32": "R26+ViT-S_32",
-    "vit_base_r26_s32": "R26+ViT-B_32",
-    "vit_base_r50_s16": "R50+ViT-B_16",
-    "vit_large_r50_s32": "R50+ViT-L_32",
-}
-# timm names whose head count is not their size word's.
-TIMM_HEADS = {"vit_base_patch16_gap": 16}
 TIMM_NUMERICS = {"gelu_approximate": False, "layernorm_epsilon": 1e-6}
 TIMM_RESNET_NUMERICS = {"ws_epsilon": 1e-8, "ws_epsilon_in_sqrt": True, "gn_epsilon": 1e-5}
 # The VisionTransformer fields that describe the weights and their numerics (what an export needs).
@@ -71,10 +71,6 @@ HUB_FIX = (
 )
 
 
-class PretrainedError(npz.CheckpointError):
-    """Weights that cannot be fetched, read, or matched to an architecture; the message says the fix."""
-
-
 @dataclasses.dataclass
 class Pretrained:
     """Loaded weights: the parameter tree, the model's keyword arguments (without num_classes),
@@ -86,6 +82,9 @@ class Pretrained:
     source: str
     image_size: tuple[int, int] | None = None  # the resolution the position embedding is for
     class_names: list[str] | None = None
+    data_config: dict[str, Any] | None = None  # mean, std, input_size, crop_pct, interpolation
+    extra: dict[str, np.ndarray] | None = None  # tensors of the source the model does not use
+    resampling: str = "timm"  # how the source resamples its position embedding (weights/resample.py)
 
     def model(self, **overrides) -> models.VisionTransformer:
         return models.VisionTransformer(**{"num_classes": self.num_classes, **self.model_config, **overrides})
@@ -94,10 +93,16 @@ class Pretrained:
 # ----------------------------------------------------------------------------- loading
 
 
-def load(source: str, model: str | None = None) -> Pretrained:
+def load(source: str, model: str | None = None, image_size: int | None = None) -> Pretrained:
     """Reads pretrained weights from `source` (see the module docstring); `model` names the
-    architecture (a registry name like ViT-B_16 or a timm name like vit_base_patch16_224)."""
-    source = os.fspath(source)
+    architecture (a registry name like ViT-B_16 or a timm name like vit_base_patch16_224);
+    `image_size` (an int: square) resamples the position embedding for that resolution, as
+    the source's library does."""
+    p = _load(os.fspath(source), model)
+    return p if image_size is None else for_image_size(p, image_size)
+
+
+def _load(source: str, model: str | None) -> Pretrained:
     if source.startswith(HUB_PREFIX):
         directory = hub_download(source[len(HUB_PREFIX) :])
         return _with_source(_load_dir(directory, model), source)
@@ -114,7 +119,43 @@ def load(source: str, model: str | None = None) -> Pretrained:
     params = npz.load(source)
     name = model or _registry_name_of(source)
     heads = _heads_of(name) if name else _heads_by_width(params, source)
-    return _finish(params, {}, heads, source, name)
+    p = _finish(params, {}, heads, source, name)
+    data = families.data_config(*families.INCEPTION, (p.image_size or (224,))[0], 1.0, "bilinear")
+    return dataclasses.replace(p, data_config=data, resampling="spline")
+
+
+def normalisation(p: Pretrained) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) the source normalises its inputs with, or None for the original's [-1, 1]
+    (mean and std 0.5), which the input pipeline computes as x / 127.5 - 1."""
+    data = p.data_config or {}
+    if "mean" not in data or (set(data["mean"]) == {0.5} and set(data["std"]) == {0.5}):
+        return None
+    return tuple(data["mean"]), tuple(data["std"])
+
+
+def for_image_size(p: Pretrained, image_size: int) -> Pretrained:
+    """`p` with its position embedding resampled for `image_size` px (square), as its source does."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise PretrainedError(f"image_size={image_size!r}: give the side of a square image in pixels, e.g. 224.")
+    ph, pw = p.model_config["patches"]["size"]
+    stride = 1
+    if p.model_config.get("resnet") is not None:
+        stride = 2 ** models_resnet.num_downsamplings(p.model_config["resnet"]["num_layers"])
+    if image_size % (ph * stride) or image_size % (pw * stride):
+        raise PretrainedError(
+            f"image_size={image_size} is not a multiple of the patch ({ph * stride}x{pw * stride} px): "
+            f"use e.g. {image_size // (ph * stride) * ph * stride or ph * stride}."
+        )
+    t = p.params["Transformer"]
+    pe = t.get("posembed_input", {}).get("pos_embedding")
+    if pe is None or p.image_size is None:
+        raise PretrainedError(f"{p.source} has no square 1-D position embedding to resample for {image_size} px.")
+    prefix = int("cls" in p.params) + int("dist" in p.params) if p.model_config.get("posemb_prefix", True) else 0
+    grid = (image_size // (ph * stride), image_size // (pw * stride))
+    new = resample.resample_posemb(pe, prefix, grid, p.resampling)
+    params = dict(p.params, Transformer=dict(t, posembed_input=dict(t["posembed_input"], pos_embedding=new)))
+    data = dict(p.data_config or {}, input_size=(3, image_size, image_size))
+    return dataclasses.replace(p, params=params, image_size=(image_size, image_size), data_config=data)
 
 
 def is_layout_source(source: str) -> bool:
@@ -153,19 +194,37 @@ def _load_dir(directory: str, model: str | None) -> Pretrained:
         raise PretrainedError(f"{directory} has no model.safetensors{hint}.")
     state = read_safetensors(weights)
     if config.get("model_type") == "vit":
-        return _from_hf(state, config, directory)
+        return dataclasses.replace(_from_hf(state, config, directory), resampling="torch_bicubic")
+    if config.get("model_type") in hf_configs.MODEL_TYPES:
+        return _from_hf_family(state, config, directory)
+    if config.get("model_type") in hf_configs.UNSUPPORTED_TYPES:
+        missing = hf_configs.UNSUPPORTED_TYPES[config["model_type"]]
+        raise PretrainedError(
+            f"{directory}: model_type={config['model_type']!r} needs {missing}, which vit_jax does not compute yet."
+        )
     if "architecture" in config:
-        arch = model or config["architecture"]
-        args = config.get("model_args") or {}  # what differs from the architecture's defaults
-        heads = int(args["num_heads"]) if "num_heads" in args else _heads_of(arch)
-        shaped = not set(args) - {"act_layer"}  # any other argument changes the name's shapes
-        p = _from_state(state, heads, directory, arch if shaped else None, args.get("act_layer") == "gelu_tanh")
-        names = (config.get("pretrained_cfg") or {}).get("label_names")
-        return dataclasses.replace(p, class_names=list(names) if names else None)
+        return _from_timm_dir(state, config, directory, model)
     raise PretrainedError(
-        f"{config_path} is neither timm's (an 'architecture' field) nor transformers' ViT ('model_type': 'vit'); "
-        f"found model_type={config.get('model_type')!r}."
+        f"{config_path} is neither timm's (an 'architecture' field) nor transformers' ViT families ('model_type' one "
+        f"of vit, {', '.join(hf_configs.MODEL_TYPES)}); found model_type={config.get('model_type')!r}."
     )
+
+
+def _from_timm_dir(state: dict, config: dict, directory: str, model: str | None) -> Pretrained:
+    arch = model or config["architecture"]
+    args = config.get("model_args") or {}  # what differs from the architecture's defaults
+    heads = int(args["num_heads"]) if "num_heads" in args else _heads_of(arch)
+    shaped = not set(args) - {"act_layer"}  # any other argument changes the name's shapes
+    p = _from_state(state, heads, directory, arch, args, shaped)
+    cfg = config.get("pretrained_cfg") or {}
+    names = cfg.get("label_names")
+    data = p.data_config
+    if "mean" in cfg and "std" in cfg:
+        image = (cfg.get("input_size") or [3, *(p.image_size or (224, 224))])[-1]
+        data = families.data_config(
+            cfg["mean"], cfg["std"], image, cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bicubic")
+        )
+    return dataclasses.replace(p, class_names=list(names) if names else None, data_config=data)
 
 
 def _from_hf(state: dict, config: dict, source: str) -> Pretrained:
@@ -178,20 +237,95 @@ def _from_hf(state: dict, config: dict, source: str) -> Pretrained:
     p = _finish(params, numerics, int(config["num_attention_heads"]), source, None)
     labels = config.get("id2label") or {}
     names = [labels.get(str(i), labels.get(i)) for i in range(p.num_classes)] if p.num_classes else None
-    return dataclasses.replace(p, class_names=names if names and None not in names else None)
+    data = families.data_config(*families.INCEPTION, (p.image_size or (224,))[0], 1.0)
+    return dataclasses.replace(p, class_names=names if names and None not in names else None, data_config=data)
 
 
-def _from_state(state: dict, heads: int, source: str, model: str | None, gelu_tanh: bool = False) -> Pretrained:
-    """timm's layout; `gelu_tanh` when its config asks for the tanh GELU (our own exports do)."""
+def _from_hf_family(state: dict, config: dict, source: str) -> Pretrained:
+    """transformers' DINOv2 (with registers), CLIP and SigLIP vision towers and distilled DeiT."""
+    try:
+        model_type, c = hf_configs.vision_config(config)
+        numerics = hf_configs.model_fields(model_type, c)
+    except hf_configs.ConfigError as e:
+        raise PretrainedError(f"{source}: {e}") from None
+    if "classifier.weight" in state:
+        raise PretrainedError(
+            f"{source} is a {model_type} image classifier whose head reads [class token, patch mean]; "
+            "vit_jax loads its backbone: give the Dinov2Model's files, or export the backbone from transformers."
+        )
+    heads = hf_configs.heads(c)
+    try:
+        params, extra, unused = hf_layouts.from_hf_family(state, model_type, heads)
+    except KeyError as e:
+        raise PretrainedError(
+            f"{source} is not a {model_type} in transformers' layout: it has no {e.args[0]!r}."
+        ) from None
+    _no_leftovers(unused, source, "transformers")
+    p = _finish(params, numerics, heads, source, None)
+    processor = _read_json(
+        os.path.join(os.path.dirname(source) if os.path.isfile(source) else source, "preprocessor_config.json")
+    )
+    data = hf_configs.data_config(model_type, c, processor)
+    resampling = "timm" if model_type == "dinov2_with_registers" else "torch_bicubic"
+    return dataclasses.replace(p, data_config=data, extra=extra or None, resampling=resampling)
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"{path} is not readable JSON ({errors.error_line(e)}).") from None
+
+
+# How timm's act_layer names read as our activation.
+TIMM_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
+
+
+def _from_state(
+    state: dict, heads: int, source: str, model: str | None, args: dict | None = None, shaped: bool = True
+) -> Pretrained:
+    """timm's layout. `model` is the architecture name; its family gives the numerics the weights
+    do not show, and with `shaped` (no `model_args` that change shapes) the shapes they must have.
+    An `act_layer` of `model_args` overrides the name's (our own exports of the original family
+    write `gelu_tanh`)."""
+    args = args or {}
     width = int(np.shape(state.get("patch_embed.proj.weight", np.zeros(1)))[0])
     # Heads that do not divide the width mean the name is wrong: lay the weights out with one
     # head, so the check against the named architecture lists every array that differs.
     params, unused = _convert(layouts.from_timm, state, heads if width % heads == 0 else 1, source, "timm")
     _no_leftovers(unused, source, "timm")
-    numerics = dict(TIMM_NUMERICS, gelu_approximate=gelu_tanh)
+    family = families.timm_family(model) if model else None
+    numerics = dict(TIMM_NUMERICS)
+    extra = {}
+    data = families.data_config(*families.INCEPTION, 224, 0.9)
+    if family is not None:
+        named, data = family
+        numerics.update({k: named[k] for k in NAME_FIELDS if k in named})
+        if named["classifier"] == "gap" and "MAPHead" in params:  # timm's siglip _gap names drop the pool
+            extra = layouts._map_to_timm(params["MAPHead"])
+            params = {k: v for k, v in params.items() if k != "MAPHead"}
+    act = args.get("act_layer")
+    if act is not None:
+        if act not in TIMM_ACTIVATIONS:
+            raise PretrainedError(f"{source}: act_layer={act!r}; vit_jax computes {', '.join(TIMM_ACTIVATIONS)}.")
+        numerics.update(
+            activation=None if family is None else TIMM_ACTIVATIONS[act], gelu_approximate=act == "gelu_tanh"
+        )
+        if family is None and act == "quick_gelu":
+            numerics["activation"] = "quick_gelu"
+    numerics = {k: v for k, v in numerics.items() if v is not None}
     if "fc_norm" in params:
         numerics["fc_norm"] = True
-    return _finish(params, numerics, heads, source, model)
+    p = _finish(params, numerics, heads, source, model if shaped else None)
+    image = (p.image_size or (224,))[0]
+    return dataclasses.replace(p, data_config=dict(data, input_size=(3, image, image)), extra=extra or None)
+
+
+# The fields of a timm family's name that its weights do not show.
+NAME_FIELDS = ("activation", "gelu_approximate", "layernorm_epsilon", "rope", "rope_ref_grid", "layerscale_init")
 
 
 def _convert(from_layout, state: dict, heads: int, source: str, layout: str):
@@ -244,145 +378,17 @@ def _finish(params: dict, numerics: dict, heads: int, source: str, name: str | N
     num_classes = int(np.shape(params["head"]["kernel"])[-1]) if "head" in params else 0
     image = image_size(params, config)
     if name is not None:
-        named = dict(architecture(name), **{k: config[k] for k in ("classifier", "representation_size")})
+        named = architecture(name)
+        family = families.timm_family(name)
+        if family is None:  # the original family: the head is the weights'
+            named.update({k: config[k] for k in ("classifier", "representation_size")})
         named.update(numerics)
         if named.get("resnet") is not None and config.get("resnet") is not None:
             named["resnet"] = config["resnet"] | {k: named["resnet"][k] for k in ("num_layers", "width_factor")}
-        check_fits(params, named, num_classes, image, source, name)
+        check_image = tuple(family[1]["input_size"][1:]) if family is not None else image
+        check_fits(params, named, num_classes, check_image, source, name)
         config = named
     return Pretrained(params, config, num_classes, source, image)
-
-
-def config_from_params(params: dict, num_heads: int) -> dict[str, Any]:
-    """VisionTransformer keyword arguments that fit `params` (per-block layout); heads given."""
-    t = params["Transformer"]
-    blocks = [k for k in t if re.fullmatch(r"encoderblock_\d+", k)]
-    kernel = np.shape(params["embedding"]["kernel"])
-    config: dict[str, Any] = {
-        "patches": {"size": tuple(int(s) for s in kernel[:2])},
-        "hidden_size": int(kernel[-1]),
-        "transformer": {
-            "mlp_dim": int(np.shape(t["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"])[-1]),
-            "num_heads": int(num_heads),
-            "num_layers": len(blocks),
-            "dropout_rate": 0.0,
-            "attention_dropout_rate": 0.0,
-        },
-        "classifier": "map" if "MAPHead" in params else "token" if "cls" in params else "gap",
-        "representation_size": int(np.shape(params["pre_logits"]["kernel"])[-1]) if "pre_logits" in params else None,
-    }
-    posemb = t.get("posembed_input", {})
-    if "row_embedding" in posemb:
-        config["posemb"] = "learn_2d"
-    elif any("relative_bias" in k for k in npz.flatten(t)):
-        config["posemb"] = "relative"
-    elif "pos_embedding" not in posemb:
-        raise PretrainedError(
-            "The weights have no position-embedding table: a 'none' or 'sincos2d' model, which the weights "
-            "alone cannot tell apart. Load a run's model through its workdir (vit_jax.runs.from_workdir)."
-        )
-    if "conv_root" in params:
-        stages = sorted((k for k in params if re.fullmatch(r"block\d+", k)), key=lambda k: int(k[5:]))
-        config["resnet"] = {
-            "num_layers": tuple(len(params[s]) for s in stages),
-            "width_factor": np.shape(params["conv_root"]["kernel"])[-1] / 64,
-        }
-    return config
-
-
-def image_size(params: dict, config: dict) -> tuple[int, int] | None:
-    """The image size the position embedding was trained for (None when its grid is not square)."""
-    pe = params["Transformer"].get("posembed_input", {}).get("pos_embedding")
-    if pe is None:
-        return None
-    n = np.shape(pe)[1] - int("cls" in params)
-    g = int(round(np.sqrt(n)))
-    if g * g != n:
-        return None
-    stride = 1
-    if config.get("resnet") is not None:
-        stride = 2 ** models_resnet.num_downsamplings(config["resnet"]["num_layers"])
-    ph, pw = config["patches"]["size"]
-    return g * ph * stride, g * pw * stride
-
-
-def architecture(name: str) -> dict[str, Any]:
-    """VisionTransformer keyword arguments of a registered name or a timm ViT name."""
-    base = name.split(".")[0]  # timm's pretrained tag (`.augreg2_in21k_ft_in1k`) names weights, not shapes
-    try:
-        config = model_configs.get_config(model_configs.resolve_name(base)).to_dict()
-    except KeyError:
-        config = _timm_architecture(base)
-    config.pop("model_name", None)
-    config["transformer"].update(dropout_rate=0.0, attention_dropout_rate=0.0)
-    return config
-
-
-def _timm_architecture(name: str) -> dict[str, Any]:
-    for prefix, registered in TIMM_HYBRIDS.items():
-        if name.startswith(prefix):
-            return model_configs.get_config(registered).to_dict()
-    m = re.fullmatch(r"vit_(tiny|small|base|large|huge)_patch(\d+)(_gap)?(_\d+)?(_.*)?", name)
-    if not m:
-        raise PretrainedError(
-            f"Unknown architecture {name!r}: use a registered name (e.g. ViT-B_16) or a timm ViT name such as "
-            "vit_base_patch16_224 or vit_base_r50_s16_384."
-        )
-    hidden, layers, heads = TIMM_SIZES[m.group(1)]
-    heads = TIMM_HEADS.get(re.sub(r"_\d+$", "", name), heads)
-    patch = int(m.group(2))
-    return {
-        "patches": {"size": (patch, patch)},
-        "hidden_size": hidden,
-        "transformer": {"mlp_dim": 4 * hidden, "num_heads": heads, "num_layers": layers},
-        "classifier": "gap" if m.group(3) else "token",
-        "representation_size": None,
-    }
-
-
-def _heads_of(name: str) -> int:
-    return int(architecture(name)["transformer"]["num_heads"])
-
-
-def _registry_name_of(path: str) -> str | None:
-    """`ViT-B_16` for `.../ViT-B_16.npz` (the original release's file names), else None."""
-    stem = os.path.basename(path).removesuffix(".npz")
-    return stem if stem in model_configs.MODEL_CONFIGS else None
-
-
-def _heads_by_width(params: dict, source: str) -> int:
-    width = int(np.shape(params["embedding"]["kernel"])[-1])
-    heads = {hidden: heads for hidden, _, heads in TIMM_SIZES.values()}.get(width)
-    if heads is None:
-        raise PretrainedError(
-            f"{source}: the number of heads of a width-{width} model cannot be read from its weights; pass model= "
-            "(a registered name such as ViT-B_16)."
-        )
-    return heads
-
-
-def check_fits(params: dict, config: dict, num_classes: int, image, source: str, name: str) -> None:
-    """Every array of `params` has the shape the named architecture gives it; else one error naming each."""
-    model = models.VisionTransformer(num_classes=num_classes, **config)
-    h, w = image or (224, 224)
-    first = params["conv_root"] if "conv_root" in params else params["embedding"]
-    x = jax.ShapeDtypeStruct((1, h, w, int(np.shape(first["kernel"])[2])), jnp.float32)
-    try:
-        expected = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False)["params"], x)
-    except ValueError as e:
-        raise PretrainedError(f"{source} does not fit {name}: {e}") from None
-    want = {k: tuple(v.shape) for k, v in npz.flatten(expected).items()}
-    got = {k: tuple(np.shape(v)) for k, v in npz.flatten(params).items()}
-    if image is None:  # a grid whose shape the weights do not tell: its size is not checked
-        want = {k: v for k, v in want.items() if not k.startswith("Transformer/posembed_input/")}
-        got = {k: v for k, v in got.items() if not k.startswith("Transformer/posembed_input/")}
-    bad = [f"{k}: weights {got.get(k)} vs {name} {s}" for k, s in want.items() if got.get(k) != s]
-    bad += [f"{k}: weights {s}, not in {name}" for k, s in got.items() if k not in want]
-    if bad:
-        raise PretrainedError(
-            f"{source} does not fit {name} ({len(bad)} array(s)): {'; '.join(bad)}. Name the architecture the weights "
-            "were saved from."
-        )
 
 
 # ----------------------------------------------------------------------------- the Hub
@@ -396,7 +402,9 @@ def hub_download(repo_id: str) -> str:
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
         raise PretrainedError(f"hf-hub:{repo_id} is not a Hub model id; use hf-hub:ORG/NAME.")
     try:
-        return snapshot_download(repo_id, allow_patterns=["config.json", "model.safetensors"], etag_timeout=10)
+        return snapshot_download(
+            repo_id, allow_patterns=["config.json", "model.safetensors", "preprocessor_config.json"], etag_timeout=10
+        )
     except Exception as e:  # offline, unknown repository, gated, rate-limited: all end the same way
         raise PretrainedError(
             f"Cannot fetch hf-hub:{repo_id} from the Hugging Face Hub ({errors.error_line(e)}). "
