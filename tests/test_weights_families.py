@@ -368,6 +368,15 @@ def test_fine_tuning_takes_the_checkpoints_architecture_and_normalisation(model_
     np.testing.assert_array_equal(got["Transformer"]["posembed_input"]["pos_embedding"],
                                   loaded.params["Transformer"]["posembed_input"]["pos_embedding"])  # fmt: skip
     assert got["head"]["kernel"].shape == (32, 10) and not got["head"]["kernel"].any()  # a fresh head
+    from vit_jax import export
+
+    assert export.main(["--workdir", str(tmp_path / "run"), "--format", "timm", "--out", str(tmp_path / "x")]) == 0
+    again = pretrained.load(str(tmp_path / "x"))
+    assert (again.model_config.get("reg_tokens", 0), bool(again.model_config.get("distilled"))) == (
+        spec.get("reg", 0),
+        spec.get("dist", False),
+    )
+    assert again.data_config["mean"] == (0.485, 0.456, 0.406) and again.num_classes == 10
 
 
 def test_rollout_leaves_registers_and_the_distillation_token_out():

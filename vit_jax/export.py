@@ -26,11 +26,25 @@ def main(argv=None) -> int:
     try:
         loaded = runs.from_workdir(args.workdir)
         model_config = {k: getattr(loaded.model, k) for k in pretrained.EXPORTED_FIELDS}
-        path = pretrained.export(loaded.params, model_config, args.out, args.format, loaded.class_names)
+        path = pretrained.export(
+            loaded.params, model_config, args.out, args.format, loaded.class_names, data_config=_data_config(loaded)
+        )
     except errors.UserError as e:
         return errors.report(e)
     print(json.dumps({"workdir": args.workdir, "format": args.format, "out": path, "source": loaded.source}))
     return 0
+
+
+def _data_config(loaded) -> dict | None:
+    """The run's evaluation preprocessing, for the export's pretrained_cfg / preprocessor_config.json."""
+    from vit_jax.weights import families
+
+    pp = loaded.config.pp if loaded.config is not None else None
+    if pp is None:
+        return None
+    mean, std = (pp.get("mean"), pp.get("std")) if pp.get("mean") is not None else families.INCEPTION
+    crop = pp.crop if isinstance(pp.crop, int) else pp.crop[0]
+    return families.data_config(mean, std, crop, float(pp.get("eval_crop_pct") or 1.0), "bilinear")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,8 @@ EXPORTED_FIELDS = (
     "layernorm_epsilon",
     "gelu_approximate",
     "fc_norm",
+    *("activation", "class_token", "reg_tokens", "distilled", "posemb_prefix", "pre_norm", "patch_bias"),
+    *("layerscale_init", "mlp_type", "qk_norm", "key_bias", "rope", "rope_ref_grid"),
 )
 HUB_FIX = (
     "On a machine with network access run `hf download {repo} --local-dir DIR` (huggingface_hub's command), "

@@ -98,7 +98,7 @@ def timm_architecture(params: dict, config: dict) -> tuple[str, dict[str, Any]]:
     size = next((word for word, dims in TIMM_SIZES.items() if dims[:2] == shape), None)
     ph, pw = facts["patch"]
     args: dict[str, Any] = {}
-    if config.get("gelu_approximate", True):
+    if _activation(config) == "gelu_tanh":
         args["act_layer"] = "gelu_tanh"  # the original's GELU; timm's default is the exact one
     if facts["in_chans"] != 3:
         args["in_chans"] = facts["in_chans"]
@@ -148,6 +148,11 @@ FAMILY_DEFAULTS = {
 }
 
 
+def _activation(config: dict) -> str:
+    """The MLP's activation a config computes (`activation`, else as `gelu_approximate` says)."""
+    return config.get("activation") or ("gelu_tanh" if config.get("gelu_approximate", True) else "gelu")
+
+
 def is_family(config: dict) -> bool:
     """Whether `config` uses any field of the later families (else it is the original ViT)."""
     if config.get("classifier") == "map" or config.get("activation") not in (None, "gelu", "gelu_tanh"):
@@ -158,7 +163,7 @@ def is_family(config: dict) -> bool:
 def _computes(config: dict) -> tuple:
     """What decides a model's tree and outputs, for comparing a config with a named architecture."""
     t = config["transformer"]
-    activation = config.get("activation") or ("gelu_tanh" if config.get("gelu_approximate", True) else "gelu")
+    activation = _activation(config)
     classifier = config.get("classifier", "token")
     class_token = config.get("class_token")
     if class_token is None:
@@ -205,7 +210,7 @@ def _family_timm_architecture(config: dict, facts: dict) -> tuple[str, dict[str,
         raise _error("timm builds a patch bias exactly when there is no pre-norm; export this model as 'npz' or 'hf'.")
     classifier = config.get("classifier", "token")
     class_token = config.get("class_token")
-    activation = config.get("activation") or ("gelu_tanh" if config.get("gelu_approximate", True) else "gelu")
+    activation = _activation(config)
     args: dict[str, Any] = dict(
         _shape_args(config, facts, False),
         class_token=classifier == "token" if class_token is None else bool(class_token),
@@ -311,8 +316,7 @@ def write_timm(
             "classifier": ["head", "head_dist"] if config.get("distilled") else "head",
         },
     }
-    if args:
-        meta["model_args"] = args
+    meta["model_args"] = args  # what differs from the architecture's defaults (often nothing)
     if class_names:
         meta["pretrained_cfg"]["label_names"] = list(class_names)
     return _save(layouts.to_timm(params, eva=arch.startswith("eva02")), directory, meta)
@@ -411,7 +415,7 @@ def write_hf(
         "num_hidden_layers": t["num_layers"],
         "num_attention_heads": t["num_heads"],
         "intermediate_size": t["mlp_dim"],
-        "hidden_act": "gelu_pytorch_tanh" if config.get("gelu_approximate", True) else "gelu",
+        "hidden_act": "gelu_pytorch_tanh" if _activation(config) == "gelu_tanh" else "gelu",
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
         "initializer_range": 0.02,
