@@ -188,6 +188,10 @@ AUGREG_NOTEBOOK = """
     best_df = df.loc[df.filename.apply(lambda filename: filename in best_filenames)]
     assert best_filenames == {NAME}, best_filenames
     assert len(best_df) == 1
+    # The notebook's table of the best fine-tune per model: under pandas 3 groupby().apply() drops
+    # the grouping column and this selection raises KeyError: 'name' (pandas 2.x is pinned).
+    best = best_df.groupby('name').apply(lambda g: g.sort_values('adapt_final_val').iloc[-1])
+    assert list(best[['name', 'ds', 'filename', 'adapt_resolution']].filename) == [NAME]
 
     filename = FINETUNED
     tfds_name = filename.split('--')[1].split('-')[0]
