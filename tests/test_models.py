@@ -407,6 +407,28 @@ def test_attention_formulations_agree(images, posemb):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
 
 
+@pytest.mark.parametrize(
+    "dtype,head_dim,bias,backend,capability,kernel",
+    [
+        ("bfloat16", 64, False, "gpu", "9.0", "cudnn"),  # ViT-B/16 on an H100
+        ("float16", 128, False, "gpu", "8.0", "cudnn"),
+        ("float32", 64, False, "gpu", "9.0", None),  # cuDNN's flash kernel takes half precision only
+        ("bfloat16", 80, False, "gpu", "9.0", "cudnn"),  # ViT-H/14: 1280 / 16
+        ("bfloat16", 160, False, "gpu", "9.0", None),  # past the backward pass's head size
+        ("bfloat16", 36, False, "gpu", "9.0", None),  # not a multiple of 8
+        ("bfloat16", 64, True, "gpu", "9.0", None),  # the relative position bias
+        ("bfloat16", 64, False, "gpu", "7.0", None),  # before Ampere
+        ("bfloat16", 64, False, "cpu", None, None),
+        ("bfloat16", 64, False, "tpu", None, None),
+    ],
+)
+def test_attention_kernel_takes_cudnn_exactly_where_it_applies(dtype, head_dim, bias, backend, capability, kernel):
+    from vit_jax.models_attention import attention_kernel, resolve_attention_impl
+
+    assert attention_kernel(jnp.dtype(dtype), head_dim, bias, backend, capability) == kernel
+    assert resolve_attention_impl("auto") == "fused"  # this CPU host; a GPU resolves to dot_product_attention
+
+
 def test_bfloat16_compute_with_float32_params(images):
     cfg = tiny_config()
     f32 = models.VisionTransformer(num_classes=3, **cfg)

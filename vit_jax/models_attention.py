@@ -26,12 +26,32 @@ def resolve_attention_impl(impl: str) -> str:
     """The attention formulation to use on this backend.
 
     On CPU, (batch, heads, tokens, head_dim) operands with batched matmuls measured
-    fastest (README, "Speed"); on GPU `jax.nn.dot_product_attention` lets XLA pick a
-    fused kernel (cuDNN where it applies).
+    fastest (README, "Speed"); on GPU `jax.nn.dot_product_attention`, with cuDNN's flash
+    kernel where it applies (`attention_kernel`) and XLA's elsewhere.
     """
     if impl != "auto":
         return impl
     return "dot_product_attention" if jax.default_backend() == "gpu" else "fused"
+
+
+# cuDNN's fused (flash) attention in jax.nn.dot_product_attention: half-precision operands, a head
+# dimension that is a multiple of 8 up to 128 (the backward pass's limit on Ampere), an Ampere or
+# newer GPU (compute capability 8.0), no logit bias in our use (the relative position embedding).
+CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def attention_kernel(dtype, head_dim: int, has_bias: bool, backend: str | None = None, capability=None) -> str | None:
+    """`implementation=` for jax.nn.dot_product_attention: 'cudnn' where cuDNN's flash kernel
+    applies (see CUDNN_DTYPES), else None (XLA's own)."""
+    backend = backend or jax.default_backend()
+    if backend != "gpu" or has_bias or jnp.dtype(dtype).name not in CUDNN_DTYPES:
+        return None
+    if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
+        return None
+    if capability is None:
+        capability = getattr(jax.devices()[0], "compute_capability", "0.0")
+    return "cudnn" if float(capability) >= 8.0 else None
 
 
 def _flat_xavier(in_axes: int):
@@ -134,7 +154,8 @@ class MultiHeadDotProductAttention(nn.Module):
             out = self_attention(qkv)  # the same computation, with a hand-written backward pass
             weights = None
         elif impl == "dot_product_attention" and not (return_weights or dropout):
-            out = jax.nn.dot_product_attention(q, k, v, bias=bias)
+            kernel = attention_kernel(self.dtype, dh, bias is not None)
+            out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=kernel)
             weights = None
         else:
             if impl == "einsum":  # Flax's formulation, (B, T, H, dh) operands.
