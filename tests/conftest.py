@@ -61,6 +61,8 @@ FILE_SECONDS = {
     "test_streaming.py": 18,
     "test_preview.py": 12,
     "test_families.py": 20,
+    "test_weights_families.py": 75,
+    "test_install.py": 18,
 }
 
 

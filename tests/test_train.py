@@ -291,6 +291,7 @@ def test_config_recipes():
 
 
 AUGREG_OVERRIDES = {  # configs/fashion_mnist.py -> the measured 20-minute run of 2026-12-02
+    "cpu_devices": 2,  # measured with the same two devices set by XLA_FLAGS before the recipe said so
     "accum_steps": 4,
     "total_steps": 14_000,
     "ema_decay": 0.999,

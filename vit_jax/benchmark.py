@@ -456,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__ + "\n" + FLAGS.get_help())
         return 0
     FLAGS.unparse_flags()  # a second call in one process starts from the defaults
+    from vit_jax import config as config_lib
+
+    argv = config_lib.recipe_argv(argv)  # a recipe of the package by name (`--config quickstart`)
     try:
         FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:

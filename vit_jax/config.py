@@ -45,15 +45,52 @@ class ConfigError(errors.UserError):
 # ----------------------------------------------------------------------------- reading
 
 
+def recipes() -> list[str]:
+    """The names of the run recipes that ship with the package (vit_jax/recipes)."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+    return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
+
+
+def recipe_path(config_arg: str) -> str:
+    """`FILE.py[:ARG]` as given when FILE exists; else `NAME[:ARG]` of a recipe of the package
+    (`quickstart`, `vit:b16,cifar10`) as the path of its module, with the argument."""
+    path, sep, arg = config_arg.partition(":")
+    if os.path.isfile(path) or os.sep in path or "/" in path:
+        return config_arg
+    name = path.removesuffix(".py")
+    if name in recipes():
+        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+        return os.path.join(folder, name + ".py") + sep + arg
+    return config_arg
+
+
+def recipe_argv(argv: list[str]) -> list[str]:
+    """argv with a `--config NAME[:ARG]` that names a recipe of the package given as its path (the
+    flag library reads files)."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a.startswith("--config="):
+            out[i] = "--config=" + recipe_path(a[len("--config=") :])
+        elif a == "--config" and i + 1 < len(out):
+            out[i + 1] = recipe_path(out[i + 1])
+    return out
+
+
 def load_file(config_arg: str) -> ml_collections.ConfigDict:
-    """The ConfigDict of `FILE.py[:ARG]` (its `get_config(ARG)`).
+    """The ConfigDict of `FILE.py[:ARG]` (its `get_config(ARG)`), or of a recipe named `NAME[:ARG]`.
 
     A missing file, a syntax error, a file without get_config() or an argument it refuses
     is one ConfigError line naming the file (the flag library would print a traceback).
     """
+    config_arg = recipe_path(config_arg)
     path, sep, arg = config_arg.partition(":")
     if not os.path.isfile(path):
-        raise ConfigError(f"Config file {path} not found; check the path given to --config.")
+        if os.sep in path or "/" in path:
+            raise ConfigError(f"Config file {path} not found; check the path given to --config.")
+        raise ConfigError(
+            f"Config file {path} not found; check the path given to --config, or name a recipe of the package "
+            f"({', '.join(recipes())})."
+        )
     try:
         spec = importlib.util.spec_from_file_location("_vit_jax_config_file", path)
         module = importlib.util.module_from_spec(spec)

@@ -9,7 +9,8 @@ or on a Cloud TPU VM they are found from the environment, as jax.distributed doe
 
 `--config file.py:ARG` passes ARG to the file's get_config (config families).
 Without --workdir the run goes to runs/<config name>[_<arg>]. Running the same
-command again resumes from the latest checkpoint in the workdir.
+command again resumes from the latest checkpoint in the workdir. `--cpu_devices N` (or the
+config's `cpu_devices`) splits a CPU host into N single-threaded devices before JAX starts.
 """
 
 import difflib
@@ -29,6 +30,9 @@ flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for a 
 flags.DEFINE_integer("num_processes", None, "How many processes the run has.")
 flags.DEFINE_integer("process_id", None, "This process's index, 0 to num_processes - 1.")
 flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for every process to arrive.")
+flags.DEFINE_integer(
+    "cpu_devices", None, "On a CPU host: this many single-threaded CPU devices (default: the config's cpu_devices)."
+)
 
 log = logging.getLogger("vit_jax")
 
@@ -78,6 +82,7 @@ def parse(argv: list[str]):
     """(config, config argument, workdir) from the command line; a ConfigError for any mistake."""
     from vit_jax import config as config_lib  # the flags' own modules, no JAX yet
 
+    argv = config_lib.recipe_argv(argv)  # `--config quickstart`: the package's recipe
     config_arg = _config_arg(argv)
     loaded = None
     if config_arg:
@@ -94,6 +99,21 @@ def parse(argv: list[str]):
         raise config_lib.ConfigError("--config is required, e.g. --config configs/quickstart.py")
     config_arg = FLAGS["config"].config_filename
     return FLAGS.config, config_arg, FLAGS.workdir or default_workdir(config_arg)
+
+
+def _cpu_devices(config, devices) -> int | None:
+    """Applies --cpu_devices, else the config's cpu_devices unless XLA_FLAGS already sets a count."""
+    if FLAGS.cpu_devices is not None:
+        devices.apply_cpu_devices(FLAGS.cpu_devices, "--cpu_devices")
+        return FLAGS.cpu_devices
+    n = config.get("cpu_devices")
+    if n is None:
+        return None
+    if devices.env_cpu_devices() is not None and not devices.started():
+        log.info("XLA_FLAGS sets the CPU device count; config.cpu_devices=%s left aside.", n)
+        return None
+    devices.apply_cpu_devices(n, "config.cpu_devices")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,15 +136,19 @@ def _main(argv: list[str]) -> int:
     config, config_arg, workdir = parse(argv)
     # Heavy imports after the flags are checked.
     from vit_jax import config as config_lib
-    from vit_jax import config_original, parallel, preemption, train
+    from vit_jax import config_original, devices, parallel, preemption, train
 
+    devices.check_plugins()
+    cpu_devices = _cpu_devices(config, devices)
     cluster = parallel.cluster_from(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     parallel.initialize(cluster, FLAGS.initialization_timeout)
     import jax
 
     if jax.process_index() != 0:  # one log for the run: process 0's (the others still report problems)
         logging.getLogger("vit_jax").setLevel(logging.WARNING)
-    log.info("Devices: %s.", parallel.describe())
+    log.info("%s%s", devices.first_line(), f" ({parallel.describe()})" if jax.process_count() > 1 else "")
+    for notice in devices.notices(cpu_devices):
+        log.info("Note: %s", notice)
     log.info("Config %s, workdir %s", config_arg, workdir)
     if config_original.trainer(config) == "inference_time":  # the original's other trainer
         from vit_jax import inference_time

@@ -169,6 +169,9 @@ def get_config() -> ml_collections.ConfigDict:
     # `fsdp_min_size` elements). `sharding_rules`: (regex, spec) pairs tried first, first
     # match wins; spec 'replicate', 'fsdp' or a tuple of axis names / None per dimension.
     c.mesh = (("data", -1),)
+    # On a CPU host: split the CPU into this many single-threaded devices before JAX starts
+    # (vit_jax.devices; the flag --cpu_devices wins). Unset: XLA's default, one device.
+    c.cpu_devices = config_dict.placeholder(int)
     c.sharding = "replicate"
     c.sharding_rules = ()
     c.fsdp_min_size = 2**14
