@@ -184,6 +184,24 @@ def token_ckpt(tmp_path):
     return path, p
 
 
+def test_fresh_parameters_come_from_the_initialisation(token_ckpt):
+    """`fresh` (config.pretrained_fresh): the position embedding freshly initialised, the rest the
+    checkpoint's, at a higher resolution; a prefix that names nothing is one error."""
+    path, old = token_ckpt
+    cfg = tiny_config()
+    model, init = make(cfg, image=(32, 32), num_classes=3, seed=1)
+    new = checkpoint.load_pretrained(
+        pretrained_path=str(path), init_params=init, model_config=cfg, fresh=("Transformer/posembed_input",)
+    )
+    np.testing.assert_array_equal(
+        new["Transformer"]["posembed_input"]["pos_embedding"], init["Transformer"]["posembed_input"]["pos_embedding"]
+    )
+    np.testing.assert_array_equal(new["cls"], old["cls"])
+    trees_equal(new["Transformer"]["encoderblock_0"], old["Transformer"]["encoderblock_0"])
+    with pytest.raises(CheckpointError, match="pretrained_fresh=.*names no parameter"):
+        checkpoint.load_pretrained(pretrained_path=str(path), init_params=init, model_config=cfg, fresh=("posemb",))
+
+
 def test_fine_tune_token_at_higher_resolution(token_ckpt):
     path, old = token_ckpt
     cfg = tiny_config()

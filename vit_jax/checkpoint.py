@@ -118,6 +118,7 @@ def load_pretrained(
     resize: str = "spline",
     old_grid_shape: tuple[int, int] | None = None,
     new_grid_shape: tuple[int, int] | None = None,
+    fresh: tuple[str, ...] = (),
 ) -> dict:
     """Adapts a pretrained checkpoint to the model that produced `init_params`.
 
@@ -130,7 +131,8 @@ def load_pretrained(
     - stacked (`scan`) and per-block layouts are converted to match `init_params`.
     A parameter missing from the checkpoint or left over is an error listing the keys,
     unless `allow_missing` (take it from `init_params`) or `allow_extra` (drop it).
-    A shape that does not fit is always an error naming every mismatch.
+    A shape that does not fit is always an error naming every mismatch. The parameters whose
+    paths start with one of `fresh` (e.g. 'Transformer/posembed_input') come from `init_params`.
     """
     restored = flatten(_load_any(pretrained_path, _field(model_config, "model_name")))
     init = flatten(unstack_blocks(jax.device_get(init_params)))
@@ -139,6 +141,11 @@ def load_pretrained(
     _fit_head(restored, init, _field(model_config, "representation_size"))
     _fit_position_embeddings(restored, init, (old_prefix, new_prefix), resize, old_grid_shape, new_grid_shape)
     _check_keys(restored, init, pretrained_path, allow_missing, allow_extra)
+    taken = [k for k in init if any(k.startswith(p) for p in fresh)]
+    if fresh and not taken:
+        raise CheckpointError(f"pretrained_fresh={tuple(fresh)} names no parameter of the model; use paths such "
+                              "as 'Transformer/posembed_input'.")  # fmt: skip
+    restored.update({k: init[k] for k in taken})
     out = unflatten({k: np.asarray(restored[k], dtype=np.asarray(init[k]).dtype) for k in init})
     return stack_blocks(out) if is_stacked(init_params) else out
 

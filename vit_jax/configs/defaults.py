@@ -113,6 +113,9 @@ def get_config() -> ml_collections.ConfigDict:
     # directory, or hf-hub:ORG/NAME (vit_jax.pretrained).
     c.pretrained_path = config_dict.placeholder(str)
     c.pretrained_dir = config_dict.placeholder(str)  # with model_name: DIR/<model_name>.npz
+    # Parameters a fine-tune takes from its fresh initialisation instead of the checkpoint: path
+    # prefixes such as "Transformer/posembed_input" (what interpolated embeddings are worth).
+    c.pretrained_fresh = ()
 
     # Optimisation. `batch` is the global batch over all devices and hosts.
     c.batch = 512
