@@ -29,6 +29,7 @@ TIMM_FAMILY_CASES = [
     ("vit_base_patch16_siglip_224", {"depth": 2}),
     ("vit_base_patch16_siglip_gap_224", {"depth": 2}),
     ("vit_base_patch32_siglip_256", {"depth": 2}),
+    ("vit_so400m_patch14_siglip_384", {"depth": 1}),  # 27x27 patches of 14 px: 6 pixels left out
     ("deit_tiny_distilled_patch16_224", {}),
     ("deit3_small_patch16_224", {}),
     ("vit_medium_patch16_reg4_gap_256", {"depth": 2}),
@@ -143,6 +144,12 @@ def _hf_models():
         ),
         ("CLIPVisionModel", CLIPVisionModel, CLIPVisionConfig(**small, intermediate_size=384, patch_size=32), (224,)),
         ("SiglipVisionModel", SiglipVisionModel, SiglipVisionConfig(**small, intermediate_size=384), (224,)),
+        (
+            "SiglipVisionModel 14 px patches at 384 px",
+            SiglipVisionModel,
+            SiglipVisionConfig(**small, intermediate_size=384, patch_size=14, image_size=384),
+            (384,),
+        ),
         (
             "DeiTForImageClassificationWithTeacher",
             DeiTForImageClassificationWithTeacher,

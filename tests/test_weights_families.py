@@ -308,8 +308,12 @@ def test_image_size_resamples_as_the_source_does_and_keeps_the_prefix(tmp_path):
         q.params["Transformer"]["posembed_input"]["pos_embedding"][0].reshape(2, 2, 32),
         resample.resample_grid(state["pos_embed"][0].reshape(4, 4, 32), (2, 2), "timm"),
     )
+    floored = pretrained.load(d, image_size=30)  # the libraries floor: 7x7 patches of 4 px, 2 pixels unused
+    assert floored.params["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 49, 32)
+    config = {"architecture": "vit_base_patch16_224", "num_classes": 5, "model_args": SHAPE_ARGS}
+    original = write_dir(tmp_path / "original", timm_state(rng), config)
     with pytest.raises(pretrained.PretrainedError, match="image_size=30 is not a multiple of the patch"):
-        pretrained.load(d, image_size=30)
+        pretrained.load(original, image_size=30)  # the original family takes whole patches only
 
 
 @pytest.mark.parametrize(
@@ -433,3 +437,23 @@ def test_a_transformers_config_we_do_not_compute_is_one_line(config, message, tm
     with pytest.raises(pretrained.PretrainedError, match=message) as e:
         pretrained.load(d)
     assert "\n" not in str(e.value)
+
+
+def test_pixels_past_the_last_whole_patch_are_left_out_as_the_libraries_do(tmp_path):
+    """SigLIP so400m/14 at 384 px is 27x27 patches: the libraries' VALID convolution leaves the
+    last pixels out; here an 18 px image with 4 px patches is the 16 px image."""
+    spec = TIMM_CASES["vit_base_patch32_siglip_256"]
+    state = timm_state(np.random.default_rng(8), **spec)
+    config = {
+        "architecture": "vit_so400m_patch14_siglip_384",
+        "num_classes": 0,
+        "model_args": dict(SHAPE_ARGS, img_size=18),
+    }
+    p = pretrained.load(write_dir(tmp_path / "d", state, config), image_size=18)
+    images = np.random.default_rng(9).uniform(-1, 1, (2, 18, 18, 3)).astype(np.float32)
+    logits, _ = run(p, images)
+    expected, _ = timm_forward(state, images[:, :16, :16], **dict(spec, act="gelu"))
+    assert p.model_config["patch_floor"] and rel_err(logits, expected) < 1e-5
+    plain = dict(p.model_config, patch_floor=False)
+    with pytest.raises(ValueError, match="does not divide the image size 18x18"):
+        p.model(**plain).apply({"params": p.params}, images, train=False)

@@ -176,7 +176,7 @@ _NUMERICS_FIELDS = ("layernorm_epsilon", "gelu_approximate", "fc_norm")
 _ARCH_FIELDS = ("hidden_size", "patches.size", "transformer.mlp_dim", "transformer.num_heads")
 _ARCH_FIELDS += ("transformer.num_layers", "classifier", "posemb")
 _FAMILY_FIELDS = ("activation", "class_token", "reg_tokens", "distilled", "posemb_prefix", "pre_norm", "patch_bias")
-_FAMILY_FIELDS += ("layerscale_init", "mlp_type", "qk_norm", "key_bias", "rope", "rope_ref_grid")
+_FAMILY_FIELDS += ("layerscale_init", "mlp_type", "qk_norm", "key_bias", "rope", "rope_ref_grid", "patch_floor")
 _RESNET_FIELDS = ("resnet.num_layers", "resnet.width_factor", "resnet.ws_epsilon", "resnet.ws_epsilon_in_sqrt")
 _RESNET_FIELDS += ("resnet.gn_epsilon",)
 

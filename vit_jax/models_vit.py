@@ -80,6 +80,7 @@ class VisionTransformer(nn.Module):
     rope: bool = False  # EVA-02's 2-D rotary position embedding of queries and keys
     rope_ref_grid: tuple[int, int] | None = None  # the grid its positions are rescaled to (EVA-02: 16x16)
     key_bias: bool = True  # False: the key projection has no bias (EVA-02)
+    patch_floor: bool = False  # True: pixels past the last whole patch are left out (timm, transformers)
 
     @nn.compact
     def __call__(self, inputs, *, train: bool = False, return_intermediates: bool = False):
@@ -186,6 +187,11 @@ class VisionTransformer(nn.Module):
             num_layers = tuple(self.resnet["num_layers"])
             x = models_resnet.apply_stem(x, num_layers, self.resnet, self.dtype, self.param_dtype)
         _, h, w, _ = x.shape
+        if (h % ph or w % pw) and self.patch_floor and h >= ph and w >= pw:
+            # timm's and transformers' VALID patch convolution: SigLIP so400m/14 at 384 px is 27x27
+            # patches, the last 6 rows and columns of pixels unused.
+            x = x[:, : h // ph * ph, : w // pw * pw]
+            h, w = x.shape[1:3]
         if h % ph or w % pw:
             where = (
                 f"image size {img_h}x{img_w}"

@@ -108,6 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.rope = config_dict.placeholder(bool)
     c.model.rope_ref_grid = config_dict.placeholder(tuple)
     c.model.key_bias = config_dict.placeholder(bool)
+    c.model.patch_floor = config_dict.placeholder(bool)  # leave out the pixels past the last whole patch
     c.model.dtype = "float32"  # computation; parameters stay float32
     # A checkpoint to start from: an original .npz (local or gs://), a timm or transformers model
     # directory, or hf-hub:ORG/NAME (vit_jax.pretrained).

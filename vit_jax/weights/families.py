@@ -153,6 +153,7 @@ def timm_family(name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
             "representation_size": None,
             "gelu_approximate": False,
             "layernorm_epsilon": fields.pop("layernorm_epsilon", 1e-6),
+            "patch_floor": True,  # timm's patch convolution leaves the pixels past the last patch out
             **fields,
         }
         data = data_config(mean, std, image, crop)

@@ -93,6 +93,7 @@ def model_fields(model_type: str, c: dict) -> dict[str, Any]:
         "activation": ACTIVATIONS[act],
         "gelu_approximate": ACTIVATIONS[act] == "gelu_tanh",
         "layernorm_epsilon": float(c["layer_norm_eps"]),
+        "patch_floor": True,  # a VALID convolution: the pixels past the last whole patch are left out
     }
     if model_type.startswith("dinov2"):
         fields["layerscale_init"] = float(c.get("layerscale_value", 1.0))

@@ -65,7 +65,7 @@ EXPORTED_FIELDS = (
     "gelu_approximate",
     "fc_norm",
     *("activation", "class_token", "reg_tokens", "distilled", "posemb_prefix", "pre_norm", "patch_bias"),
-    *("layerscale_init", "mlp_type", "qk_norm", "key_bias", "rope", "rope_ref_grid"),
+    *("layerscale_init", "mlp_type", "qk_norm", "key_bias", "rope", "rope_ref_grid", "patch_floor"),
 )
 HUB_FIX = (
     "On a machine with network access run `hf download {repo} --local-dir DIR` (huggingface_hub's command), "
@@ -143,7 +143,7 @@ def for_image_size(p: Pretrained, image_size: int) -> Pretrained:
     stride = 1
     if p.model_config.get("resnet") is not None:
         stride = 2 ** models_resnet.num_downsamplings(p.model_config["resnet"]["num_layers"])
-    if image_size % (ph * stride) or image_size % (pw * stride):
+    if (image_size % (ph * stride) or image_size % (pw * stride)) and not p.model_config.get("patch_floor"):
         raise PretrainedError(
             f"image_size={image_size} is not a multiple of the patch ({ph * stride}x{pw * stride} px): "
             f"use e.g. {image_size // (ph * stride) * ph * stride or ph * stride}."
@@ -328,6 +328,7 @@ def _from_state(
 
 # The fields of a timm family's name that its weights do not show.
 NAME_FIELDS = ("activation", "gelu_approximate", "layernorm_epsilon", "rope", "rope_ref_grid", "layerscale_init")
+NAME_FIELDS += ("patch_floor",)
 
 
 def _convert(from_layout, state: dict, heads: int, source: str, layout: str):

@@ -75,6 +75,10 @@ def _shape_facts(params: dict, config: dict) -> dict[str, Any]:
             "The position embedding is not for a square image; timm's and transformers' ViTs take square "
             "images: export this model as 'npz'."
         )
+    ph = to_pair(config["patches"]["size"])[0]
+    wanted = config.get("export_image")  # the source's input size, when its patches floor to this grid
+    if wanted and config.get("patch_floor") and wanted // ph == image[0] // ph:
+        image = (wanted, wanted)
     first = params["conv_root"] if config.get("resnet") is not None else params["embedding"]
     return {
         "patch": to_pair(config["patches"]["size"]),
@@ -455,6 +459,8 @@ def export(
         raise PretrainedError(f"format={format!r}: choose one of {', '.join(FORMATS)}.")
     params = npz.unstack_blocks(jax.device_get(params))
     model_config = _plain(model_config)
+    if data_config and data_config.get("input_size"):
+        model_config["export_image"] = int(data_config["input_size"][-1])
     if format == "npz":
         npz.save(params, path)
         return path
