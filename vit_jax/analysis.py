@@ -20,15 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import models, models_posemb
+from vit_jax import models, models_posemb, models_vit
 
 # ----------------------------------------------------------------------------- geometry
 
 
 def has_class_token(model) -> bool:
-    if getattr(model, "class_token", None) is not None:
-        return bool(model.class_token)
-    return model.classifier in ("token", "token_unpooled")
+    return models_vit.has_class_token(getattr(model, "class_token", None), model.classifier)
 
 
 def num_prefix_tokens(model) -> int:

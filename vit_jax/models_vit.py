@@ -26,6 +26,18 @@ CLASSIFIERS = ("token", "gap", "map", "unpooled", "token_unpooled")
 POSEMBS = ("learn", "none", "learn_2d", "sincos2d", "relative")
 
 
+def has_class_token(class_token: bool | None, classifier: str) -> bool:
+    """Whether a model has a class token: `class_token` when set, else as the classifier says."""
+    if class_token is not None:
+        return bool(class_token)
+    return classifier in ("token", "token_unpooled")
+
+
+def activation_of(activation: str | None, gelu_approximate: bool) -> str:
+    """The MLP's activation: `activation` when set, else the GELU `gelu_approximate` says."""
+    return activation or ("gelu_tanh" if gelu_approximate else "gelu")
+
+
 class IdentityLayer(nn.Module):
     """Identity with a name: keeps `pre_logits` in the tree without parameters."""
 
@@ -136,14 +148,10 @@ class VisionTransformer(nn.Module):
         return x, dict(out, encoded=encoded, pre_logits=pre_logits, num_prefix_tokens=prefix)
 
     def _activation(self) -> str:
-        if self.activation is not None:
-            return self.activation
-        return "gelu_tanh" if self.gelu_approximate else "gelu"
+        return activation_of(self.activation, self.gelu_approximate)
 
     def _has_class_token(self) -> bool:
-        if self.class_token is not None:
-            return bool(self.class_token)
-        return self.classifier in ("token", "token_unpooled")
+        return has_class_token(self.class_token, self.classifier)
 
     def _prefix_tokens(self, x):
         """The class and distillation tokens before the patch tokens; (tokens, how many)."""
@@ -389,9 +397,7 @@ def _check_family_fields(fields: dict[str, Any], classifier: str) -> None:
     for field, value, ok, allowed in checks:
         if not ok(value):
             raise ValueError(f"{field}={value!r}: use {allowed}.")
-    has_cls = fields.get("class_token")
-    if has_cls is None:
-        has_cls = classifier in ("token", "token_unpooled")
+    has_cls = has_class_token(fields.get("class_token"), classifier)
     if not has_cls and classifier in ("token", "token_unpooled"):
         raise ValueError(f"class_token=False with classifier={classifier!r}: that head reads the class token.")
     if fields.get("distilled") and (classifier != "token" or not has_cls):

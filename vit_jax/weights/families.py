@@ -142,8 +142,8 @@ def timm_family(name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         width, depth, heads, mlp = sizes[m["size"]]
         fields = fields_of(m)
         (mean, std), crop = fields.pop("data")
-        image = int(m.groupdict().get("image") or fields.pop("image", 224))
-        fields.pop("image", None)
+        default_image = fields.pop("image", 224)  # DINOv2's names carry no size: 518
+        image = int(m.groupdict().get("image") or default_image)
         patch = int(m["patch"])
         config = {
             "patches": {"size": (patch, patch)},

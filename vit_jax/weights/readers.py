@@ -264,9 +264,7 @@ def _from_hf_family(state: dict, config: dict, source: str) -> Pretrained:
         ) from None
     _no_leftovers(unused, source, "transformers")
     p = _finish(params, numerics, heads, source, None)
-    processor = _read_json(
-        os.path.join(os.path.dirname(source) if os.path.isfile(source) else source, "preprocessor_config.json")
-    )
+    processor = _read_json(os.path.join(source, "preprocessor_config.json"))
     data = hf_configs.data_config(model_type, c, processor)
     resampling = "timm" if model_type == "dinov2_with_registers" else "torch_bicubic"
     return dataclasses.replace(p, data_config=data, extra=extra or None, resampling=resampling)

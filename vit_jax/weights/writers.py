@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from vit_jax.models_vit import activation_of, has_class_token
 from vit_jax.utils import to_pair
 from vit_jax.weights import families, hf_configs, hf_layouts, layouts, npz
 from vit_jax.weights.readers import (
@@ -154,7 +155,7 @@ FAMILY_DEFAULTS = {
 
 def _activation(config: dict) -> str:
     """The MLP's activation a config computes (`activation`, else as `gelu_approximate` says)."""
-    return config.get("activation") or ("gelu_tanh" if config.get("gelu_approximate", True) else "gelu")
+    return activation_of(config.get("activation"), config.get("gelu_approximate", True))
 
 
 def is_family(config: dict) -> bool:
@@ -169,9 +170,7 @@ def _computes(config: dict) -> tuple:
     t = config["transformer"]
     activation = _activation(config)
     classifier = config.get("classifier", "token")
-    class_token = config.get("class_token")
-    if class_token is None:
-        class_token = classifier in ("token", "token_unpooled")
+    class_token = has_class_token(config.get("class_token"), classifier)
     fields = {k: config.get(k, d) for k, d in FAMILY_DEFAULTS.items() if k not in ("activation", "class_token")}
     fields["layerscale_init"] = fields["layerscale_init"] is not None
     if not class_token and not fields["distilled"]:
@@ -188,19 +187,18 @@ def _family_timm_architecture(config: dict, facts: dict) -> tuple[str, dict[str,
     family's fields as `model_args`."""
     chans = {"in_chans": facts["in_chans"]} if facts["in_chans"] != 3 else {}
     ours = _computes(config)
-    for name in families.timm_names():
-        named, data = families.timm_family(name)
+    table = {name: families.timm_family(name) for name in families.timm_names()}  # (fields, preprocessing)
+    for name, (named, data) in table.items():
         if data["input_size"][-1] == facts["image"] and _computes(named) == ours:
             return name, chans
 
     def likeness(name: str) -> tuple:  # the same patch, width and image first
-        named, data = families.timm_family(name)
+        named, data = table[name]
         return (named["patches"] != config["patches"], named["hidden_size"] != config["hidden_size"],
                 data["input_size"][-1] != facts["image"])  # fmt: skip
 
-    for name in sorted(families.timm_names(), key=likeness):
-        named, _ = families.timm_family(name)
-        if _computes(named)[1:] == ours[1:]:
+    for name in sorted(table, key=likeness):
+        if _computes(table[name][0])[1:] == ours[1:]:
             return name, {**_shape_args(config, facts, name.startswith("eva02")), **chans}
     if config.get("rope") or config.get("mlp_type", "mlp") != "mlp" or config.get("qk_norm"):
         raise _error(
@@ -213,11 +211,10 @@ def _family_timm_architecture(config: dict, facts: dict) -> tuple[str, dict[str,
     if config.get("pre_norm") == config.get("patch_bias", True):
         raise _error("timm builds a patch bias exactly when there is no pre-norm; export this model as 'npz' or 'hf'.")
     classifier = config.get("classifier", "token")
-    class_token = config.get("class_token")
     activation = _activation(config)
     args: dict[str, Any] = dict(
         _shape_args(config, facts, False),
-        class_token=classifier == "token" if class_token is None else bool(class_token),
+        class_token=has_class_token(config.get("class_token"), classifier),
         global_pool={"gap": "avg", "map": "map"}.get(classifier, "token"),
         fc_norm=bool(config.get("fc_norm", False)),
         reg_tokens=int(config.get("reg_tokens", 0)),
