@@ -64,8 +64,8 @@ class Run:
 
 def format_value(v: Any) -> str:
     """A value as ml_collections parses it from the command line."""
-    if isinstance(v, tuple):
-        return "(" + "".join(f"{format_value(x)}," for x in v) + ")"
+    if isinstance(v, tuple):  # strings quoted inside: ml_collections reads "(a,)" as the 1-tuple ("(a,)",)
+        return "(" + "".join(f"{repr(x) if isinstance(x, str) else format_value(x)}," for x in v) + ")"
     if isinstance(v, float):
         return repr(v)
     return str(v)
@@ -445,8 +445,12 @@ def write_results(
     records: list[dict[str, Any]],
     report: Report,
     extra: dict[str, Any] | None = None,
+    total_runs: int | None = None,
+    timing: str | None = None,
 ) -> None:
-    """results.json, table.md and README.md (with notes.md, if written, as the reading)."""
+    """results.json, table.md and README.md (with notes.md, if written, as the reading).
+    `total_runs`: the runs planned, where more than the sweep's; `timing`: how the runs shared
+    the machine, where not two at a time."""
     os.makedirs(results_dir, exist_ok=True)
     payload = {
         "title": title,
@@ -464,14 +468,12 @@ def write_results(
     lines = [f"# {title}", "", f"**Question.** {question}", "", f"**Setting.** {setting}", ""]
     lines += [f"Machine: {machine()}.", "", "Command:", "", f"    {command}", ""]
     if sweep is not None:
-        total = len(sweep.runs())
+        total = total_runs or len(sweep.runs())
         lines += [f"Runs finished: {len(records)} of {total}, in workdirs under `{sweep.directory}`."]
         if records:
             minutes = sum(r["seconds"] for r in records) / 60
-            lines += [
-                f"Their wall-clock times add up to {minutes:.0f} min; two at a time (`--jobs 2`, the default on "
-                "2 cores) the sweep takes about half that."
-            ]
+            timing = timing or "two at a time (`--jobs 2`, the default on 2 cores) the sweep takes about half that"
+            lines += [f"Their wall-clock times add up to {minutes:.0f} min; {timing}."]
         lines += [""]
     lines += ["## Result", "", report.table.rstrip(), ""]
     if report.plot:

@@ -43,16 +43,16 @@ def matmul_flops_by_hand(batch, tokens, patches, patch_pixels, d, mlp, layers, c
 def test_flop_count_matches_the_hand_count_and_ignores_loops():
     c = bench_config()
     by_hand = matmul_flops_by_hand(16, tokens=17, patches=16, patch_pixels=4, d=64, mlp=256, layers=2, classes=10)
-    infer = benchmark._step_flops(c, 10, 16, "infer")
+    infer = benchmark.step_flops(c, 10, 16, "infer")
     # XLA also counts the element-wise work (norms, softmax, GELU), a few percent here.
     assert by_hand <= infer <= 1.1 * by_hand, (infer, by_hand)
-    train = benchmark._step_flops(c, 10, 16, "train")
+    train = benchmark.step_flops(c, 10, 16, "train")
     assert 2.8 * infer <= train <= 3.3 * infer, (train, infer)  # backward: twice the forward
     # Micro-batches, scanned blocks and rematerialisation do not change the count.
     c.accum_steps = 4
     c.model.scan = True
     c.model.remat = "full"
-    assert benchmark._step_flops(c, 10, 16, "train") == train
+    assert benchmark.step_flops(c, 10, 16, "train") == train
 
 
 def test_run_reports_every_field_for_train_and_infer():

@@ -202,6 +202,22 @@ def test_fresh_parameters_come_from_the_initialisation(token_ckpt):
         checkpoint.load_pretrained(pretrained_path=str(path), init_params=init, model_config=cfg, fresh=("posemb",))
 
 
+def test_keep_head_takes_the_checkpoints_classifier(token_ckpt):
+    """`keep_head` (config.pretrained_keep_head): the same task at a higher resolution keeps the
+    checkpoint's head; a head of another number of classes is one error naming both shapes."""
+    path, old = token_ckpt  # 9 classes, a 16-wide representation layer before the head
+    cfg = tiny_config(representation_size=16)
+    _, init = make(cfg, image=(32, 32), num_classes=9, seed=1)
+    new = checkpoint.load_pretrained(pretrained_path=str(path), init_params=init, model_config=cfg, keep_head=True)
+    trees_equal(new["head"], old["head"])
+    trees_equal(new["pre_logits"], old["pre_logits"])
+    assert not np.array_equal(new["head"]["kernel"], init["head"]["kernel"])
+    assert new["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 1 + 64, 32)
+    _, init3 = make(cfg, image=(32, 32), num_classes=3, seed=1)
+    with pytest.raises(CheckpointError, match=r"pretrained_keep_head.*\(16, 9\).*\(16, 3\)"):
+        checkpoint.load_pretrained(pretrained_path=str(path), init_params=init3, model_config=cfg, keep_head=True)
+
+
 def test_fine_tune_token_at_higher_resolution(token_ckpt):
     path, old = token_ckpt
     cfg = tiny_config()

@@ -63,6 +63,7 @@ def test_hybrid_fields_in_the_config():
 
 def test_values_keys_and_statistics():
     assert sw.format_value((1, 1)) == "(1,1,)" and sw.format_value(()) == "()" and sw.format_value(3e-4) == "0.0003"
+    assert sw.format_value(("Transformer/posembed_input",)) == "('Transformer/posembed_input',)"
     assert sw.cell_key({"model.classifier": "gap", "lr.base": 0.001}) == "model.classifier=gap,lr.base=0.001"
     mean, std = sw.mean_std([0.80, 0.90, 0.85])
     assert mean == pytest.approx(0.85) and std == pytest.approx(0.05)  # sqrt((0.0025 + 0.0025 + 0) / 2)

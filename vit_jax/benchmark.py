@@ -180,7 +180,7 @@ def _one_device_mesh():
     return jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
 
 
-def _step_flops(config, num_classes: int, batch: int, mode: str, host_crop: bool = False) -> float | None:
+def step_flops(config, num_classes: int, batch: int, mode: str, host_crop: bool = False) -> float | None:
     """FLOPs of one global step, compiled on one device without loops (not run)."""
     import jax
 
@@ -394,7 +394,7 @@ def run(
             results.append(measure_input(config, batch, steps))
             continue
         r = _measure(config, num_classes, batch, mode, steps, warmup, host_crop)
-        r["flops_per_step"] = _step_flops(config, num_classes, batch, mode, host_crop)
+        r["flops_per_step"] = step_flops(config, num_classes, batch, mode, host_crop)
         results.append(r)
     report = []
     if any(r["mode"] != "input" for r in results):

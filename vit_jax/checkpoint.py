@@ -119,10 +119,12 @@ def load_pretrained(
     old_grid_shape: tuple[int, int] | None = None,
     new_grid_shape: tuple[int, int] | None = None,
     fresh: tuple[str, ...] = (),
+    keep_head: bool = False,
 ) -> dict:
     """Adapts a pretrained checkpoint to the model that produced `init_params`.
 
-    - the head always comes from `init_params` (a fresh classifier);
+    - the head comes from `init_params` (a fresh classifier), unless `keep_head` (the same
+      task, e.g. at a higher resolution: the checkpoint's head, which must fit the model's);
     - `pre_logits` is dropped when `model_config.representation_size` is None;
     - token <-> GAP: the `cls` parameter and the cls row of the position embedding
       are dropped, or taken fresh from `init_params`;
@@ -138,7 +140,7 @@ def load_pretrained(
     init = flatten(unstack_blocks(jax.device_get(init_params)))
     # The position embedding's rows of the class (and distillation) token go with the tokens.
     old_prefix, new_prefix = _posemb_prefix(restored, model_config), _posemb_prefix(init, model_config)
-    _fit_head(restored, init, _field(model_config, "representation_size"))
+    _fit_head(restored, init, _field(model_config, "representation_size"), keep_head)
     _fit_position_embeddings(restored, init, (old_prefix, new_prefix), resize, old_grid_shape, new_grid_shape)
     _check_keys(restored, init, pretrained_path, allow_missing, allow_extra)
     taken = [k for k in init if any(k.startswith(p) for p in fresh)]
@@ -160,13 +162,16 @@ def _load_any(path: str, model_name: str | None = None) -> dict:
     return load(path)
 
 
-def _fit_head(restored: dict, init: dict, representation_size) -> None:
-    """A fresh head; the pre-logits layer kept, dropped or fresh as the model has one; the cls
-    token dropped (token -> GAP) or fresh (GAP -> token)."""
+def _fit_head(restored: dict, init: dict, representation_size, keep_head: bool = False) -> None:
+    """A fresh head (or the checkpoint's, with `keep_head`); the pre-logits layer kept, dropped or
+    fresh as the model has one; the cls token dropped (token -> GAP) or fresh (GAP -> token)."""
     heads = ("head/", "head_dist/")  # DeiT's distillation head is a head too
-    for k in [k for k in restored if k.startswith(heads)]:
-        del restored[k]
-    restored.update({k: v for k, v in init.items() if k.startswith(heads)})
+    if keep_head:
+        _check_head_fits(restored, init, heads)
+    else:
+        for k in [k for k in restored if k.startswith(heads)]:
+            del restored[k]
+        restored.update({k: v for k, v in init.items() if k.startswith(heads)})
     has_pre_logits = any(k.startswith("pre_logits/") for k in restored)
     if representation_size is None and has_pre_logits:
         log.info("load_pretrained: dropping the checkpoint's pre_logits (representation_size is None).")
@@ -179,6 +184,14 @@ def _fit_head(restored: dict, init: dict, representation_size) -> None:
         del restored["cls"]
     elif "cls" in init and "cls" not in restored:
         restored["cls"] = init["cls"]
+
+
+def _check_head_fits(restored: dict, init: dict, heads: tuple[str, ...]) -> None:
+    ours = {k: np.shape(v) for k, v in init.items() if k.startswith(heads)}
+    theirs = {k: np.shape(v) for k, v in restored.items() if k.startswith(heads)}
+    if ours != theirs:
+        raise CheckpointError(f"pretrained_keep_head: the checkpoint's head {theirs} does not fit the model's {ours} "
+                              "(another number of classes?); leave it False for a fresh head.")  # fmt: skip
 
 
 def _posemb_prefix(params: dict, model_config) -> int:

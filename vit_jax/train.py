@@ -418,6 +418,7 @@ def restore_or_initialise(config, prog: "Program", wd: train_state.Workdir):
         model_config=prog.model_kw,
         new_grid_shape=models.grid_shape(prog.model_kw, prog.input_shape[:2]),
         fresh=tuple(config.get("pretrained_fresh") or ()),
+        keep_head=bool(config.get("pretrained_keep_head")),
     )
     sh = prog.state_shardings
     params = jax.device_put(params, sh["params"])

@@ -117,6 +117,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Parameters a fine-tune takes from its fresh initialisation instead of the checkpoint: path
     # prefixes such as "Transformer/posembed_input" (what interpolated embeddings are worth).
     c.pretrained_fresh = ()
+    # Keep the checkpoint's head instead of a fresh one: a fine-tune of the same task, e.g. at a
+    # higher resolution (experiments/resolution.py).
+    c.pretrained_keep_head = False
 
     # Optimisation. `batch` is the global batch over all devices and hosts.
     c.batch = 512
