@@ -272,3 +272,20 @@ def test_memory_fit_and_largest_batch_by_hand():
     # 4 devices instead of 8: the split state (16 bytes x 2**20 parameters) doubles per device.
     fixed4 = 0.5 * memory.GIB + 16 * 2**20 / 4 - 16 * 2**20 / 8
     assert f"| TPU v4 host: 4 chips x 32 GiB | 122 / {int((32 * memory.GIB - fixed4) // 2**28)} |" in text
+
+
+def test_recipe_seeds_table_and_verdict():
+    from experiments import recipe_seeds
+
+    assert recipe_seeds.recipe_name("configs/fashion_mnist_patchdrop.py") == "fashion_mnist_patchdrop"
+    assert recipe_seeds.recipe_name("configs/vit.py:b16,cifar10") == "vit"
+    runs = [{"seed": 1, "accuracy": 0.9246, "seconds": 1083.0}, {"seed": 0, "accuracy": 0.9262, "seconds": 1072.4}]
+    runs.append({"seed": 2, "accuracy": 0.9235, "seconds": 1038.0})
+    table = recipe_seeds.report(runs, target=0.925, minutes=20).table
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[1:4] == ["| 0 | 92.62% | 17 min 52 s |", "| 1 | 92.46% | 18 min 3 s |", "| 2 | 92.35% | 17 min 18 s |"]
+    # Mean 92.477; sample standard deviation sqrt(((.143)^2 + (.017)^2 + (.127)^2) / 2) = 0.136.
+    assert "| **mean** | **92.48% ± 0.14** (3) | slowest 18 min 3 s |" in table
+    assert "Target: mean misses 92.50%; every run within 20 min." in table
+    slow = recipe_seeds.report(runs[:1], target=0.92, minutes=18).table
+    assert "**92.46%** (1)" in slow and "mean meets 92.00%; a run over 18 min" in slow

@@ -238,6 +238,7 @@ def test_pretrained_start(tmp_path):
         "fashion_mnist_augreg.py",
         "fashion_mnist_hybrid.py",
         "fashion_mnist_patchdrop.py",
+        "mnist_patchdrop.py",
         "cifar10_subset.py",
         "vit_b16.py",
         "vit.py:b16,cifar10",
@@ -300,8 +301,8 @@ AUGREG_OVERRIDES = {  # configs/fashion_mnist.py -> the measured 20-minute run o
     "model.hidden_size": 64,
     "model.transformer.mlp_dim": 256,
 }
-PATCHDROP_OVERRIDES = {  # configs/fashion_mnist_augreg.py -> the measured patch-dropout run
-    "model.patch_drop_rate": 0.5,
+PATCHDROP_OVERRIDES = {  # configs/fashion_mnist_augreg.py -> the measured patch-dropout runs
+    "model.patch_drop_rate": 0.6,
     "full_token_steps": 1000,
     "full_token_lr": 2e-4,
     "full_token_accum_steps": 4,
@@ -316,14 +317,31 @@ PATCHDROP_OVERRIDES = {  # configs/fashion_mnist_augreg.py -> the measured patch
 }
 
 
+MNIST_PATCHDROP_OVERRIDES = {  # configs/mnist_augreg.py -> the measured patch-dropout runs
+    "model.patch_drop_rate": 0.5,
+    "full_token_steps": 600,
+    "full_token_lr": 2e-4,
+    "full_token_accum_steps": 4,
+    "accum_steps": 2,
+    "tta.shift": 1,
+    "ema_decay": 0.0,
+    "ema_warmup": False,
+    "total_steps": 6000,
+    "progress_every": 500,
+    "eval_every": 3000,
+    "checkpoint_every": 3000,
+}
+
+
 @pytest.mark.parametrize(
     "config_file, base_file, overrides",
     [
         ("fashion_mnist_augreg.py", "fashion_mnist.py", AUGREG_OVERRIDES),
         ("fashion_mnist_patchdrop.py", "fashion_mnist_augreg.py", PATCHDROP_OVERRIDES),
+        ("mnist_patchdrop.py", "mnist_augreg.py", MNIST_PATCHDROP_OVERRIDES),
     ],
 )
-def test_fashion_mnist_recipes_are_the_measured_overrides(config_file, base_file, overrides):
+def test_recipes_are_the_measured_overrides(config_file, base_file, overrides):
     # Each docstring's result was measured as the base file with these overrides on the command
     # line (experiments/results/recipes.md): the file must resolve to that same config.
     load = lambda p: config_lib.load_file(os.path.join(ROOT, "configs", p))  # noqa: E731

@@ -1,5 +1,6 @@
 """configs/fashion_mnist_augreg.py with patch dropout and test-time augmentation, without the
-moving average: the Fashion-MNIST recipe that reaches 92.5% in 20 minutes on the 2-core CPU.
+moving average: the Fashion-MNIST recipe for 92.5% in 20 minutes on the 2-core CPU (its 3-seed
+mean: 92.48% in at most 18 minutes, below).
 
     python -m vit_jax.main --config configs/fashion_mnist_patchdrop.py --config.dataset=DIR
 
@@ -7,10 +8,12 @@ DIR holds the original IDX files; without the override the TFDS `fashion_mnist` 
 from config.tfds_data_dir. The model and recipe of configs/fashion_mnist_augreg.py (width 64,
 MLP 256, 4 blocks, 4x4 patches; AdamW lr 2e-3, weight decay 0.1, cosine decay, label smoothing
 0.1; 2-pixel pad-and-crop and flips; two CPU devices), plus:
-- patch dropout: each training image keeps a random 24 of its 49 patch tokens, which halves
-  the cost of a step (BENCHMARKS.md, "Patch dropout"), so 20 minutes hold more epochs; the
-  batch of 128 goes in 2 micro-batches (32 images of 25 tokens per device), the fastest split
-  at this token count;
+- patch dropout: each training image keeps a random 20 of its 49 patch tokens (rate 0.6), which
+  more than halves the cost of a step (BENCHMARKS.md, "Patch dropout"), so 20 minutes hold more
+  epochs; the batch of 128 goes in 2 micro-batches (32 images of 21 tokens per device). Rate 0.5
+  (24 tokens, the first version of this recipe) trained at about 2,050 images/s on the host of
+  2026-12-06 evening, which put its 18,000 steps at about 20.5 minutes there; rate 0.6 ran at
+  2,030 to 2,720 (after the first 500 steps);
 - the last 1,000 of the 18,000 steps train on every token, so that the model ends on the token
   count it is evaluated with: on a schedule of their own (the cosine of the first 17,000 steps
   reaches 0 where they begin; they restart at lr 2e-4 and decay by cosine to 0) and in 4
@@ -21,15 +24,13 @@ MLP 256, 4 blocks, 4x4 patches; AdamW lr 2e-3, weight decay 0.1, cosine decay, l
 - the final evaluation averages the softmax over 18 views of each test image (moved by -1, 0,
   1 pixels each way, and mirrored); the evaluation at step 9,000 is one view.
 
-Measured on the 2-core CPU (2026-12-06), with DIR the original Fashion-MNIST files: 92.67% test
-accuracy with the 18 views (91.90% on the plain image; test loss 0.289) after 17 min 47 s
-wall-clock, at 2,060 to 2,820 images/s with patch dropout and 1,010 to 1,130 on every token. The
-target, 92.5% in 20 minutes, is met. Rerun the same morning: the same numbers to the last digit
-(the run is deterministic for its seed) after 17 min 35 s. The same steps with the 0.999
-average (the config before this one) gave 92.27% (91.73%) in 19 min 25 s and 20 min 0 s on
-slower hours of the same host; its final checkpoint's own weights give 92.67% (91.90%) with the
-18 views, this run's numbers, since the average never feeds back into training. Every run:
-experiments/results/recipes.md, "Fashion-MNIST".
+Measured on the 2-core CPU (2026-12-06/07), with DIR the original Fashion-MNIST files, over 3
+seeds (`python -m experiments.recipe_seeds`, experiments/results/recipe_seeds/): 92.48 ± 0.14%
+test accuracy with the 18 views (seeds 0, 1, 2: 92.62%, 92.46%, 92.35%; a mean of 91.84% on the
+plain image), each run within 17 min 18 s to 18 min 3 s wall-clock. Every run fits the 20 minutes;
+the mean misses the 92.5% target by 0.02 points. Rate 0.5, one run each: 92.67% in 17 min 47 s
+on this host on 2026-12-06 (morning), 92.39% in 14 min 57 s on another host of the same kind.
+Every run: experiments/results/recipes.md, "Over seeds" and "Fashion-MNIST".
 """
 
 from vit_jax.configs import defaults
@@ -45,7 +46,7 @@ def get_config():
     c.pp.flip = True
     c.pp.channels = 1
     defaults.small_vit(c, hidden=64, mlp=256, heads=4, layers=4, patch=4)
-    c.model.patch_drop_rate = 0.5
+    c.model.patch_drop_rate = 0.6
     c.full_token_steps = 1000
     c.full_token_lr = 2e-4
     c.full_token_accum_steps = 4  # 16 images of 50 tokens per device and micro-batch
