@@ -182,7 +182,7 @@ def evaluate_at(a_workdir: str, size: int) -> dict[str, float]:
 
     config = config_lib.read(os.path.join(a_workdir, "config.json"))
     config.pp.crop = size
-    test = train.load_data(config)[1]
+    test = train.load_data(config)[1]  # per size: a streaming source resizes on the host, to pp.crop
     prog = train.build(config, test.num_classes, steps=1)
     init = parallel.to_host(prog.init_state(jax.random.PRNGKey(0))["params"])
     params = checkpoint.load_pretrained(
