@@ -303,7 +303,7 @@ AUGREG_OVERRIDES = {  # configs/fashion_mnist.py -> the measured 20-minute run o
 }
 PATCHDROP_OVERRIDES = {  # configs/fashion_mnist_augreg.py -> the measured patch-dropout runs
     "model.patch_drop_rate": 0.6,
-    "full_token_steps": 1000,
+    "full_token_steps": 1500,
     "full_token_lr": 2e-4,
     "full_token_accum_steps": 4,
     "accum_steps": 2,
@@ -311,9 +311,9 @@ PATCHDROP_OVERRIDES = {  # configs/fashion_mnist_augreg.py -> the measured patch
     "tta.shift": 1,
     "ema_decay": 0.0,
     "ema_warmup": False,
-    "total_steps": 18_000,
-    "eval_every": 9000,
-    "checkpoint_every": 9000,
+    "total_steps": 17_500,
+    "eval_every": 8750,
+    "checkpoint_every": 8750,
 }
 
 
