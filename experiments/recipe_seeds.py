@@ -48,7 +48,8 @@ def report(records, *, target: float | None, minutes: float | None) -> sw.Report
 
 
 def minutes_text(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {int(round(seconds % 60))} s"
+    m, s = divmod(int(round(seconds)), 60)  # rounded first, so 59.6 s reads 1 min 0 s, not 0 min 60 s
+    return f"{m} min {s} s"
 
 
 def parse(argv):
